@@ -1,0 +1,25 @@
+"""dream_jax: DREAM (contrastive + text-to-image MAR) in JAX/Flax."""
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+_REQUIREMENTS = [
+    line.strip()
+    for line in (_HERE / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setuptools.setup(
+    name="dream_jax",
+    version="0.1.0",
+    description="DREAM: contrastive visual representations and text-to-image generation in JAX/Flax.",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["dream_jax", "dream_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=_REQUIREMENTS,
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "scipy==1.17.1"],
+    },
+)
