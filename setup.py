@@ -16,7 +16,7 @@ setuptools.setup(
     description="DREAM: contrastive visual representations and text-to-image generation in JAX/Flax.",
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["dream_jax", "dream_jax.*"]),
+    packages=setuptools.find_packages(include=["dream_jax", "dream_jax.*", "configs"]),
     python_requires=">=3.10",
     install_requires=_REQUIREMENTS,
     extras_require={

@@ -1,0 +1,133 @@
+"""Shared defaults of every dream_jax config and the one scale table (B/L/H/G as the authors' code).
+
+Every number is ../shared/PAPER.md's (the authors' train_dream.sh / main.py); a config file picks a scale and
+overrides what it must. Imports ml_collections only.
+"""
+
+import ml_collections
+
+# name: (width D, encoder depth, decoder depth, heads, MLP hidden)  -- PAPER.md §1.2
+SCALES = {
+    "B": (768, 12, 12, 12, 3072),
+    "L": (1024, 16, 16, 16, 4096),
+    "H": (1280, 20, 20, 16, 5120),
+    "G": (1664, 24, 24, 16, 8192),
+}
+
+# One logical-axis-rules table for every mesh: the mesh shape alone picks DP, FSDP or TP.
+# Weights shard their `embed` axis over fsdp and heads / MLP hidden over tensor; the batch over data x fsdp.
+AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("classes", None),
+    ("length", None),
+    ("kv", None),
+    ("embed_out", None),
+    ("mlp_out", None),
+    ("cond", None),
+    ("token", None),
+    ("freq", None),
+    ("proj", None),
+    ("norm", None),
+)
+
+
+def scale_config(scale):
+    """The `model` section's shape fields for a scale name."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
+    width, enc, dec, heads, mlp = SCALES[scale]
+    return dict(width=width, encoder_depth=enc, decoder_depth=dec, num_heads=heads, mlp_dim=mlp)
+
+
+def get_base_config(scale="B"):
+    """The paper's DREAM recipe at `scale` on CC12M-style data (256 px, SD-VAE, T5-Large)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 1
+
+    c.model = ml_collections.ConfigDict(dict(
+        scale=scale,
+        **scale_config(scale),
+        seq_len=256,            # (256 / 8 / 2)^2 tokens
+        token_dim=16,           # 4 latent channels x 2 x 2
+        buffer_size=64,
+        num_classes=1000,       # class_emb rows; only row 0 is used (authors' layout)
+        attn_dropout=0.1,
+        proj_dropout=0.1,
+        aligner_depth=6,
+        cond_dim=1024,          # T5-Large
+        cond_len=128,
+        embed_dim=256,
+        proj_hidden_dim=1024,
+        diffloss_depth=3,
+        diffloss_width=1024,
+        dtype="bfloat16",
+        remat=False,
+        text_tower=dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8),
+    ))
+
+    c.tokenizer = ml_collections.ConfigDict(dict(
+        kind="vae",             # "vae" (SD KL-f8) or "pixels" (patchify RGB; the tiny config)
+        image_size=256,
+        patch_size=2,
+        vae_path="",
+        latent_scale=0.18215,
+    ))
+    c.text = ml_collections.ConfigDict(dict(
+        clip_tokenizer="clip_bpe",
+        clip_vocab_path="",
+        cond_encoder="t5",
+        t5_path="",
+    ))
+
+    c.diffusion = ml_collections.ConfigDict(dict(num_steps=1000, sampling_steps=100, batch_mul=4))
+
+    c.masking = ml_collections.ConfigDict(dict(
+        kind="warmup",          # warmup | mar | fixed | uniform
+        mu_start=0.0,
+        mu_end=1.0,
+        std=0.45,
+        min_ratio=0.0,
+        max_ratio=1.0,
+        warmup_start_epoch=0.0,
+        warmup_end_epoch=36.0,
+        fixed_ratio=0.75,
+        num_groups=32,          # one ratio per group, as one per GPU in the authors' 32-GPU runs
+    ))
+
+    c.loss = ml_collections.ConfigDict(dict(
+        gen_weight=1.0,
+        clip_weight=0.005,
+        min_visible_for_clip=0.25,
+        min_masked_for_gen=0.5,
+        text_drop_prob=0.1,
+    ))
+
+    c.batch_size = 2048
+    c.num_epochs = 48
+    c.steps_per_epoch = 12_000_000 // 2048
+    c.total_steps = -1          # -1: num_epochs * steps_per_epoch
+
+    c.optim = ml_collections.ConfigDict(dict(
+        base_lr=1e-4,           # lr = base_lr * batch_size / 256
+        b1=0.9,
+        b2=0.95,
+        weight_decay=0.04,
+        grad_clip=3.0,
+        warmup_epochs=12.0,
+        schedule="constant",    # constant | cosine (after warmup)
+        ema_rate=0.9999,
+    ))
+
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
+    c.axis_rules = AXIS_RULES
+
+    c.data = ml_collections.ConfigDict(dict(source="webdataset", path="", num_workers=8, shuffle_seed=0))
+
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    return c

@@ -1,0 +1,7 @@
+"""DREAM-L: the authors' recipe at the L scale (see configs/common.py for every value)."""
+
+from configs import common
+
+
+def get_config():
+    return common.get_base_config("L")

@@ -1,0 +1,125 @@
+"""The frozen ends of DREAM: image tokenizer (pixels or SD-VAE) and the generator's text encoder (T5).
+
+Neither is trained, so their parameters live in a separate `frozen` pytree handed to the jitted steps, never in
+the train state or its checkpoints. Host-side text tokenizers turn captions into the CLIP ids of the text tower
+and the ids + mask of the frozen encoder. The tiny config uses RGB pixels, a word tokenizer and a random-init
+T5 with a fixed seed, so nothing is downloaded.
+
+Dimension letters: B batch, H/W image size, L tokens, T token dim, C CLIP context, Lt/Dt cond length/width.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dream_jax.models import patchify as patchify_lib
+from dream_jax.models import t5 as t5_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTokenizers:
+    """CLIP ids for the text tower and (ids, mask) for the frozen encoder, from caption strings."""
+
+    clip: Any
+    cond: Any
+    clip_context: int
+    cond_context: int
+
+    def clip_ids(self, captions, truncate=True):
+        return self.clip.encode(list(captions), self.clip_context, truncate=truncate)
+
+    def cond_ids(self, captions):
+        ids = self.cond.encode(list(captions), self.cond_context, truncate=True)
+        return ids, (ids != self.cond.pad_id).astype(np.int32)
+
+
+def make_tokenizers(config):
+    """The tokenizers the config names; raises ValueError for an unknown one."""
+    t, m = config.text, config.model
+    if t.clip_tokenizer == "words" and t.cond_encoder == "tiny_t5":
+        from dream_jax.data.word_tokenizer import WordTokenizer
+
+        words = WordTokenizer()
+        if words.vocab_size > m.text_tower.vocab_size:
+            raise ValueError(f"model.text_tower.vocab_size={m.text_tower.vocab_size} < word vocabulary "
+                             f"{words.vocab_size}")
+        return TextTokenizers(words, words, m.text_tower.context_length, m.cond_len)
+    if t.clip_tokenizer == "clip_bpe" and t.cond_encoder == "t5":
+        from dream_jax.data.clip_tokenizer import ClipTokenizer
+        from dream_jax.data.t5_tokenizer import T5Tokenizer
+
+        return TextTokenizers(ClipTokenizer(t.clip_vocab_path), T5Tokenizer(t.t5_spiece_path),
+                              m.text_tower.context_length, m.cond_len)
+    raise ValueError(f"unsupported text.clip_tokenizer={t.clip_tokenizer!r} with text.cond_encoder="
+                     f"{t.cond_encoder!r}; expected words+tiny_t5 or clip_bpe+t5")
+
+
+def tiny_t5_config(config):
+    t = config.text.tiny_t5
+    return t5_lib.T5Config(d_model=t.d_model, d_kv=t.d_kv, d_ff=t.d_ff, num_layers=t.num_layers,
+                           num_heads=t.num_heads, vocab_size=config.model.text_tower.vocab_size)
+
+
+def load_frozen(config, tokenizers):
+    """Builds the frozen pytree: cond-encoder params, the empty-prompt features, VAE params if used."""
+    frozen = {}
+    if config.text.cond_encoder == "tiny_t5":
+        t5_config = tiny_t5_config(config)
+        ids = jnp.zeros((1, config.model.cond_len), jnp.int32)
+        frozen["cond"] = t5_lib.T5EncoderModel(t5_config).init(jax.random.key(config.text.tiny_t5.seed), ids)
+    else:
+        from dream_jax import pretrained
+
+        t5_config, frozen["cond"] = pretrained.load_t5(config.text.t5_path)
+    if t5_config.d_model != config.model.cond_dim:
+        raise ValueError(f"model.cond_dim={config.model.cond_dim} but the text encoder has width {t5_config.d_model}")
+    if config.tokenizer.kind == "vae":
+        from dream_jax import pretrained
+
+        _, frozen["vae"] = pretrained.load_vae(config.tokenizer.vae_path)
+    empty_ids, empty_mask = tokenizers.cond_ids([""])
+    frozen["empty_cond"] = cond_features(config, frozen, jnp.asarray(empty_ids), jnp.asarray(empty_mask))[0]
+    return frozen
+
+
+def cond_encoder(config):
+    if config.text.cond_encoder == "tiny_t5":
+        return t5_lib.T5EncoderModel(tiny_t5_config(config))
+    from dream_jax import pretrained
+
+    return t5_lib.T5EncoderModel(pretrained.t5_config(config.text.t5_path), dtype=jnp.dtype(config.model.dtype))
+
+
+def cond_features(config, frozen, ids, mask):
+    """Frozen T5 last hidden state [B, Lt, Dt] (no gradient)."""
+    out = cond_encoder(config).apply(frozen["cond"], ids, mask)
+    return jax.lax.stop_gradient(out)
+
+
+def images_to_tokens(config, frozen, images, rng):
+    """uint8 images [B, H, W, 3] -> tokens [B, L, T]; the VAE path samples the posterior (as the authors)."""
+    x = images.astype(jnp.float32) / 127.5 - 1.0
+    tok = config.tokenizer
+    if tok.kind == "pixels":
+        return patchify_lib.patchify(x, tok.patch_size)
+    from dream_jax.models import vae as vae_lib
+
+    mean, logvar = vae_lib.encode(frozen["vae"], x)
+    latent = vae_lib.sample_posterior(rng, mean, logvar) * tok.latent_scale
+    return patchify_lib.patchify(jax.lax.stop_gradient(latent), tok.patch_size)
+
+
+def tokens_to_images(config, frozen, tokens):
+    """tokens [B, L, T] -> uint8 images [B, H, W, 3]."""
+    tok = config.tokenizer
+    if tok.kind == "pixels":
+        x = patchify_lib.unpatchify(tokens, tok.patch_size, 3)
+    else:
+        from dream_jax.models import vae as vae_lib
+
+        latent = patchify_lib.unpatchify(tokens, tok.patch_size, 4) / tok.latent_scale
+        x = vae_lib.decode(frozen["vae"], latent)
+    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

@@ -1,0 +1,83 @@
+"""DREAM's two objectives: filtered symmetric InfoNCE and the masked, group-gated diffusion loss.
+
+Contrastive: image and text embeddings are L2-normalised, logits = exp(logit_scale) img @ txt^T over the whole
+global batch (jit over a sharded batch gathers the negatives; no hand-written all-gather). Samples with less
+than 25% visible tokens are removed both as queries and as negatives. The paper's code masks rows of one
+direction and columns of the other with -1e9; we read "removed as queries and negatives" symmetrically: the loss
+is the standard CLIP loss of the valid sub-batch, averaged over valid samples in both directions.
+
+Diffusion: the batch is repeated `batch_mul` times with independent t and noise, the per-token loss is averaged
+over masked tokens within each mask group, groups whose mask ratio is < 0.5 are zeroed, and the result is
+averaged over all groups, as the authors' per-GPU losses averaged by DDP.
+
+Dimension letters: B batch, E embedding dim, G mask groups, L tokens, T token dim, D width, N = M x B x L
+diffusion tokens with M = batch_mul.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from dream_jax.models import gaussian_diffusion
+
+_FILTERED = -1e9
+
+
+def l2_normalize(x, eps=1e-12):
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def contrastive_loss(img_emb, txt_emb, logit_scale, valid):
+    """Filtered symmetric InfoNCE. img_emb, txt_emb [B, E]; valid bool [B]. Returns (loss, accuracy)."""
+    img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
+    logits = jnp.exp(logit_scale) * img @ txt.T
+    both = valid[:, None] & valid[None, :]
+    logits = jnp.where(both, logits, _FILTERED)
+    diag = jnp.diagonal(logits)
+    i2t = jax.nn.logsumexp(logits, axis=1) - diag
+    t2i = jax.nn.logsumexp(logits, axis=0) - diag
+    weight = valid.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weight), 1.0)
+    loss = jnp.sum((i2t + t2i) * weight) / (2 * count)
+    correct = (jnp.argmax(logits, axis=1) == jnp.arange(logits.shape[0])).astype(jnp.float32)
+    return loss, jnp.sum(correct * weight) / count
+
+
+def diffusion_targets(rng, tokens, z, mask, batch_mul, num_steps):
+    """Repeats tokens, conditions and masks `batch_mul` times and draws t and noise for each copy.
+
+    Returns x0 [N, T], z [N, D], mask [N], t [N] int32, noise [N, T] (copies are the leading axis, so the
+    group of token n is recoverable from its row).
+    """
+    def repeat(a):  # [B, L, ...] -> [M * B * L, ...]
+        flat = a.reshape((-1,) + a.shape[2:])
+        return jnp.tile(flat, (batch_mul,) + (1,) * (flat.ndim - 1))
+
+    x0, zz, mm = repeat(tokens), repeat(z), repeat(mask)
+    t_rng, n_rng = jax.random.split(rng)
+    t = jax.random.randint(t_rng, (x0.shape[0],), 0, num_steps)
+    noise = jax.random.normal(n_rng, x0.shape, jnp.float32)
+    return x0.astype(jnp.float32), zz, mm, t, noise
+
+
+def diffusion_loss(denoise, constants, rng, tokens, z, mask, num_groups, batch_mul, min_masked):
+    """Masked, group-gated diffusion loss. tokens [B, L, T], z [B, L, D], mask [B, L] (True = masked).
+
+    `denoise(x_t, t, z) -> [N, 2T]` is the diffusion head. Returns (loss, metrics) where metrics has the loss
+    averaged over active groups (the authors' logged value) and the fraction of active groups.
+    """
+    x0, zz, mm, t, noise = diffusion_targets(rng, tokens, z, mask, batch_mul, constants["timestep_map"].shape[0])
+    x_t = gaussian_diffusion.q_sample(constants, x0, t, noise)
+    per_token = gaussian_diffusion.training_loss(constants, x0, x_t, t, noise, denoise(x_t, t, zz))
+    # [M, G, B/G * L]: loss and mask per group, pooled over the batch_mul copies.
+    per_token = per_token.reshape(batch_mul, num_groups, -1).transpose(1, 0, 2).reshape(num_groups, -1)
+    mm = mm.astype(jnp.float32).reshape(batch_mul, num_groups, -1).transpose(1, 0, 2).reshape(num_groups, -1)
+    group_loss = jnp.sum(per_token * mm, axis=1) / jnp.maximum(jnp.sum(mm, axis=1), 1.0)
+    group_ratio = jnp.mean(mask.astype(jnp.float32).reshape(num_groups, -1), axis=1)
+    active = (group_ratio >= min_masked).astype(jnp.float32)
+    loss = jnp.mean(group_loss * active)
+    metrics = {
+        "gen_loss_active": jnp.sum(group_loss * active) / jnp.maximum(jnp.sum(active), 1.0),
+        "gen_active_frac": jnp.mean(active),
+    }
+    return loss, metrics

@@ -1,0 +1,194 @@
+"""Transformer pieces shared by every tower of DREAM: one attention, one MLP, two blocks.
+
+The encoder, decoder, text aligner and CLIP text tower all use these, so there is exactly one attention
+implementation in the project. Parameter names follow the authors' timm modules (`qkv`, `proj`, `fc1`, `fc2`,
+`norm1`, ...; see ../shared/OFFICIAL_LAYOUT.md) so export is a rename + reshape. The fused `qkv` kernel is stored as
+[D, 3, H, K] instead of torch's [3D, D]: the same numbers, but the head axis stays shardable over `tensor`.
+
+Dimension letters: B batch, L query length, S key length, D width, H heads, K head dim (D / H), M MLP hidden.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_NEG_INF = -1e30
+
+
+# torch's xavier_uniform_ (MAE/MAR init); DenseGeneral hands initialisers the 2-D [in, out] view of its kernel,
+# so fans are those of the authors' nn.Linear whatever the kernel's rank.
+XAVIER = nn.initializers.xavier_uniform()
+
+
+class Dense(nn.Module):
+    """Linear map over the trailing `len(in_names)` axes to `features`, with logically named parameters.
+
+    Initialisers see the 2-D [in, out] view of the kernel (the authors' nn.Linear), then it is reshaped.
+    """
+
+    features: tuple
+    names: tuple
+    num_in: int = 1
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = XAVIER
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        in_shape = x.shape[-self.num_in:]
+        fan_in, fan_out = math.prod(in_shape), math.prod(self.features)
+
+        def init(rng, shape, dtype):
+            return self.kernel_init(rng, (fan_in, fan_out), dtype).reshape(shape)
+
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names), in_shape + self.features,
+                            jnp.float32)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.num_in)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[self.num_in:]),
+                              self.features, jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def dense(features, names, name, dtype, kernel_init=None, num_in=1, use_bias=True):
+    """A Dense to `features` (int or tuple) from the trailing `num_in` axes; `names` covers in + out axes."""
+    features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
+    return Dense(features, tuple(names), num_in, dtype, XAVIER if kernel_init is None else kernel_init, use_bias,
+                 name=name)
+
+
+def layer_norm(name, eps=1e-6, dtype=jnp.float32, use_scale=True):
+    """LayerNorm with logical names; statistics in float32 whatever the compute dtype."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_scale=use_scale,
+        use_bias=use_scale,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+        name=name,
+    )
+
+
+def constrain(x, names):
+    """Pins an activation to logical axes; a no-op outside a mesh (one CPU)."""
+    return nn.with_logical_constraint(x, names)
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention from x to y (y = x for self-attention).
+
+    Self-attention uses one fused `qkv` projection (timm's Attention); cross-attention uses `q` and `kv`
+    (the authors' CrossAttention). `mask` [B or 1, 1 or H, L, S] is True where a query may attend a key.
+    """
+
+    num_heads: int
+    attn_dropout: float = 0.0
+    proj_dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, y=None, mask=None, deterministic=True):
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+        hk = (self.num_heads, head_dim)
+        if y is None:
+            qkv = dense((3, *hk), ("embed", None, "heads", "kv"), "qkv", self.dtype)(x)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            q = dense(hk, ("embed", "heads", "kv"), "q", self.dtype)(x)
+            kv = dense((2, *hk), ("embed", None, "heads", "kv"), "kv", self.dtype)(y)
+            k, v = kv[:, :, 0], kv[:, :, 1]
+        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+        logits = jnp.einsum("blhk,bshk->bhls", q, k, preferred_element_type=jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, _NEG_INF)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.attn_dropout)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhls,bshk->blhk", weights, v)
+        out = dense(width, ("heads", "kv", "embed"), "proj", self.dtype, num_in=2)(out)
+        return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+    """timm's Mlp: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+
+    hidden_dim: int
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    names: tuple = ("fc1", "fc2")
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        width = x.shape[-1]
+        h = dense(self.hidden_dim, ("embed", "mlp"), self.names[0], self.dtype)(x)
+        h = nn.gelu(h, approximate=False)
+        h = constrain(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = dense(width, ("mlp", "embed"), self.names[1], self.dtype)(h)
+        return nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(norm1(x)); x + mlp(norm2(x)) (timm Block, qkv bias)."""
+
+    num_heads: int
+    mlp_dim: int
+    attn_dropout: float = 0.0
+    proj_dropout: float = 0.0
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None, deterministic=True):
+        attn = MultiHeadAttention(self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, name="attn")
+        x = x + attn(layer_norm("norm1", self.eps)(x).astype(self.dtype), mask=mask, deterministic=deterministic)
+        mlp = Mlp(self.mlp_dim, self.proj_dropout, self.dtype, name="mlp")
+        x = x + mlp(layer_norm("norm2", self.eps)(x).astype(self.dtype), deterministic)
+        return constrain(x, ("batch", "length", "embed"))
+
+
+class CrossAttentionBlock(nn.Module):
+    """The decoder block: self-attention, cross-attention to the text, MLP, each pre-LN with a residual."""
+
+    num_heads: int
+    mlp_dim: int
+    attn_dropout: float = 0.0
+    proj_dropout: float = 0.0
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, y, deterministic=True):
+        attention = lambda name: MultiHeadAttention(  # noqa: E731
+            self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, name=name
+        )
+        x = x + attention("self_attn")(layer_norm("norm0", self.eps)(x).astype(self.dtype), deterministic=deterministic)
+        x = x + attention("cross_attn")(
+            layer_norm("norm1", self.eps)(x).astype(self.dtype), y=y, deterministic=deterministic
+        )
+        mlp = Mlp(self.mlp_dim, self.proj_dropout, self.dtype, name="mlp")
+        x = x + mlp(layer_norm("norm2", self.eps)(x).astype(self.dtype), deterministic)
+        return constrain(x, ("batch", "length", "embed"))
+
+
+def param(module, name, shape, names, init):
+    """A logically partitioned float32 parameter (position embeddings, tokens, scalars)."""
+    return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+
+
+def maybe_remat(cls, remat):
+    """The block class, rematerialised in the backward pass when `remat` (memory for compute).
+
+    Both blocks take `deterministic` as their third call argument (index 3 counting self); callers pass it
+    positionally so it stays static under remat.
+    """
+    return nn.remat(cls, static_argnums=(3,)) if remat else cls

@@ -1,0 +1,71 @@
+"""Device mesh, logical-axis rules and the shardings of arrays that flow into the train step.
+
+One `(data, fsdp, tensor)` mesh is built from `config.mesh.shape` (-1 = the remaining devices); the model's
+logical names are mapped to mesh axes by `config.axis_rules`, so DP, FSDP and TP differ only in the mesh shape.
+Host-local batches become global arrays with `jax.make_array_from_process_local_data`.
+
+Dimension letters: B global batch, b per-process batch.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+
+def mesh_shape(shape, num_devices):
+    """Resolves one -1 in the mesh shape; raises ValueError if the product does not match the devices."""
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh.shape={tuple(shape)} has more than one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh.shape={tuple(shape)} does not divide {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"mesh.shape={tuple(shape)} needs {math.prod(shape)} devices, {num_devices} are present")
+    return tuple(shape)
+
+
+def make_mesh(config, devices=None):
+    """The (data, fsdp, tensor) mesh of the config over `devices` (default: all)."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(config.mesh.shape, len(devices))
+    return jax.sharding.Mesh(np.asarray(devices).reshape(shape), tuple(config.mesh.axes))
+
+
+def rules(config):
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.axis_rules)
+
+
+def logical_shardings(abstract_boxed, mesh, config):
+    """NamedShardings for a pytree whose leaves carry logical partitioning metadata (from jax.eval_shape)."""
+    specs = nn.get_partition_spec(abstract_boxed)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules(config))
+
+
+def batch_sharding(mesh, config, ndim=1):
+    """Leading axis over the mesh axes that `batch` maps to; the rest replicated."""
+    axes = dict(rules(config))["batch"]
+    return NamedSharding(mesh, PartitionSpec(axes, *([None] * (ndim - 1))))
+
+
+def replicated(mesh):
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local_batch, mesh, config):
+    """Host-local numpy arrays [b, ...] -> global jax arrays [B, ...] sharded over the batch axes."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, config, np.ndim(x)), x), local_batch
+    )
+
+
+def batch_divisor(mesh, config):
+    """How many shards the batch axis is split into (the global batch must be a multiple)."""
+    axes = dict(rules(config))["batch"]
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes)

@@ -1,0 +1,79 @@
+"""Metrics out, without TensorFlow: TensorBoard events (tensorboardX), a JSONL log, and a progress line.
+
+Only process 0 writes (`enabled`); other processes get a writer that does nothing, as flax's examples do.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+class Writer:
+    """Scalars to `workdir/tensorboard` (event files) and `workdir/metrics.jsonl`; images as PNG files."""
+
+    def __init__(self, workdir, enabled=True):
+        self.enabled = enabled
+        self.workdir = workdir
+        self._tb = None
+        self._jsonl = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def scalars(self, step, values):
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self._tb.add_scalar(name, float(value), step)
+        self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
+        self._jsonl.flush()
+        self._tb.flush()
+
+    def write_config(self, config):
+        if self.enabled:
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+
+    def close(self):
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+
+
+def format_seconds(seconds):
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    """Steps/s, examples/s and ETA between successive updates (the first interval includes compilation)."""
+
+    def __init__(self, start_step, total_steps, batch_size, clock=time.monotonic):
+        self.total = total_steps
+        self.batch_size = batch_size
+        self._clock = clock
+        self._last_step = start_step
+        self._last_time = clock()
+        self._rates = []
+
+    def update(self, step):
+        now = self._clock()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        self._rates.append(rate)
+        recent = float(np.median(self._rates[-5:]))
+        return {"steps_per_sec": rate, "examples_per_sec": rate * self.batch_size,
+                "eta_sec": (self.total - step) / max(recent, 1e-9)}
+
+    def line(self, step, values):
+        shown = " ".join(f"{k}={values[k]:.4g}" for k in ("loss", "gen_loss", "clip_loss", "clip_acc", "lr")
+                         if k in values)
+        return (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) {shown} "
+                f"{values['steps_per_sec']:.2f} steps/s ETA {format_seconds(values['eta_sec'])}")
