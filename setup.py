@@ -20,6 +20,25 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=_REQUIREMENTS,
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "scipy==1.17.1"],
+        "test": [
+            "pytest==9.2.0",
+            "pytest-xdist==3.8.0",
+            "scipy==1.17.1",
+            # the "export" list below, plus regex for the OpenCLIP reference in tests/test_tokenizers.py
+            "torch==2.13.0",
+            "diffusers==0.42.1",
+            "transformers==5.24.0",
+            "safetensors==0.8.0",
+            "sentencepiece==0.2.3",
+            "regex==2026.11.19",
+        ],
+        # PyTorch side: dream_jax/export and the tests comparing with diffusers/transformers.
+        "export": [
+            "torch==2.13.0",
+            "diffusers==0.42.1",
+            "transformers==5.24.0",
+            "safetensors==0.8.0",
+            "sentencepiece==0.2.3",
+        ],
     },
 )

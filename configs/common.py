@@ -122,6 +122,19 @@ def get_base_config(scale="B"):
         ema_rate=0.9999,
     ))
 
+    # Generation (PAPER.md §3): 64 random-order steps, CFG 3 on a linear ramp, SAD with K=5 candidates chosen
+    # after T_c=32 steps as the authors' README (T_c=21 decodes ~12.5% of the tokens before the choice).
+    c.sampling = ml_collections.ConfigDict(dict(
+        num_iter=64,
+        cfg=3.0,
+        cfg_schedule="linear",
+        temperature=1.0,
+        num_candidates=5,
+        sad_step=32,
+        batch_size=64,
+        use_ema=True,
+    ))
+
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
     c.axis_rules = AXIS_RULES
 

@@ -26,6 +26,7 @@ def get_config():
     c.text.update(dict(clip_tokenizer="words", cond_encoder="tiny_t5"))
     c.text.tiny_t5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, seed=0)
     c.diffusion.sampling_steps = 50
+    c.sampling.update(dict(num_iter=16, sad_step=8, num_candidates=5, batch_size=64))
     c.masking.num_groups = 4
     c.batch_size = 64
     c.num_epochs = 48

@@ -9,6 +9,8 @@ Dimension letters: B batch, H/W image size, L tokens, T token dim, C CLIP contex
 """
 
 import dataclasses
+import functools
+import os
 from typing import Any
 
 import jax
@@ -19,26 +21,46 @@ from dream_jax.models import patchify as patchify_lib
 from dream_jax.models import t5 as t5_lib
 
 
+def _words_clip(tokenizer, context, texts, truncate):
+    return tokenizer.encode(texts, context, truncate=truncate)
+
+
+def _words_cond(tokenizer, context, texts):
+    ids = tokenizer.encode(texts, context, truncate=True)
+    return ids, (ids != tokenizer.pad_id).astype(np.int32)
+
+
+def _bpe_clip(tokenizer, texts, truncate):
+    return tokenizer.encode(texts, truncate=truncate)
+
+
+def _t5_cond(tokenizer, texts):
+    return tokenizer.encode(texts)
+
+
 @dataclasses.dataclass(frozen=True)
 class TextTokenizers:
-    """CLIP ids for the text tower and (ids, mask) for the frozen encoder, from caption strings."""
+    """CLIP ids for the text tower and (ids, mask) for the frozen encoder, from caption strings.
+
+    Holds picklable partials so grain worker processes can tokenise.
+    """
 
     clip: Any
     cond: Any
-    clip_context: int
-    cond_context: int
 
     def clip_ids(self, captions, truncate=True):
-        return self.clip.encode(list(captions), self.clip_context, truncate=truncate)
+        """int32 [N, C]; with truncate=False a caption longer than the context is a ValueError."""
+        return self.clip(list(captions), truncate)
 
     def cond_ids(self, captions):
-        ids = self.cond.encode(list(captions), self.cond_context, truncate=True)
-        return ids, (ids != self.cond.pad_id).astype(np.int32)
+        """(ids, mask) int32 [N, Lt], truncated to Lt as the authors' T5 tokenisation."""
+        return self.cond(list(captions))
 
 
 def make_tokenizers(config):
     """The tokenizers the config names; raises ValueError for an unknown one."""
     t, m = config.text, config.model
+    context = m.text_tower.context_length
     if t.clip_tokenizer == "words" and t.cond_encoder == "tiny_t5":
         from dream_jax.data.word_tokenizer import WordTokenizer
 
@@ -46,13 +68,15 @@ def make_tokenizers(config):
         if words.vocab_size > m.text_tower.vocab_size:
             raise ValueError(f"model.text_tower.vocab_size={m.text_tower.vocab_size} < word vocabulary "
                              f"{words.vocab_size}")
-        return TextTokenizers(words, words, m.text_tower.context_length, m.cond_len)
+        return TextTokenizers(functools.partial(_words_clip, words, context),
+                              functools.partial(_words_cond, words, m.cond_len))
     if t.clip_tokenizer == "clip_bpe" and t.cond_encoder == "t5":
         from dream_jax.data.clip_tokenizer import ClipTokenizer
         from dream_jax.data.t5_tokenizer import T5Tokenizer
 
-        return TextTokenizers(ClipTokenizer(t.clip_vocab_path), T5Tokenizer(t.t5_spiece_path),
-                              m.text_tower.context_length, m.cond_len)
+        clip = ClipTokenizer(t.clip_vocab_path, context)
+        t5 = T5Tokenizer(os.path.join(t.t5_path, "spiece.model"), m.cond_len)
+        return TextTokenizers(functools.partial(_bpe_clip, clip), functools.partial(_t5_cond, t5))
     raise ValueError(f"unsupported text.clip_tokenizer={t.clip_tokenizer!r} with text.cond_encoder="
                      f"{t.cond_encoder!r}; expected words+tiny_t5 or clip_bpe+t5")
 
@@ -73,13 +97,14 @@ def load_frozen(config, tokenizers):
     else:
         from dream_jax import pretrained
 
-        t5_config, frozen["cond"] = pretrained.load_t5(config.text.t5_path)
+        t5_config, params = pretrained.load_t5(config.text.t5_path)
+        frozen["cond"] = {"params": params}
     if t5_config.d_model != config.model.cond_dim:
         raise ValueError(f"model.cond_dim={config.model.cond_dim} but the text encoder has width {t5_config.d_model}")
     if config.tokenizer.kind == "vae":
         from dream_jax import pretrained
 
-        _, frozen["vae"] = pretrained.load_vae(config.tokenizer.vae_path)
+        frozen["vae"] = {"params": pretrained.load_vae(config.tokenizer.vae_path)[1]}
     empty_ids, empty_mask = tokenizers.cond_ids([""])
     frozen["empty_cond"] = cond_features(config, frozen, jnp.asarray(empty_ids), jnp.asarray(empty_mask))[0]
     return frozen
@@ -99,6 +124,14 @@ def cond_features(config, frozen, ids, mask):
     return jax.lax.stop_gradient(out)
 
 
+def vae(config):
+    """The frozen SD-VAE module of the config (its shape from the local directory's config.json)."""
+    from dream_jax import pretrained
+    from dream_jax.models import vae as vae_lib
+
+    return vae_lib.AutoencoderKL(pretrained.vae_config(config.tokenizer.vae_path), dtype=jnp.dtype(config.model.dtype))
+
+
 def images_to_tokens(config, frozen, images, rng):
     """uint8 images [B, H, W, 3] -> tokens [B, L, T]; the VAE path samples the posterior (as the authors)."""
     x = images.astype(jnp.float32) / 127.5 - 1.0
@@ -107,7 +140,7 @@ def images_to_tokens(config, frozen, images, rng):
         return patchify_lib.patchify(x, tok.patch_size)
     from dream_jax.models import vae as vae_lib
 
-    mean, logvar = vae_lib.encode(frozen["vae"], x)
+    mean, logvar = vae(config).apply(frozen["vae"], x, method="encode")
     latent = vae_lib.sample_posterior(rng, mean, logvar) * tok.latent_scale
     return patchify_lib.patchify(jax.lax.stop_gradient(latent), tok.patch_size)
 
@@ -118,8 +151,6 @@ def tokens_to_images(config, frozen, tokens):
     if tok.kind == "pixels":
         x = patchify_lib.unpatchify(tokens, tok.patch_size, 3)
     else:
-        from dream_jax.models import vae as vae_lib
-
         latent = patchify_lib.unpatchify(tokens, tok.patch_size, 4) / tok.latent_scale
-        x = vae_lib.decode(frozen["vae"], latent)
+        x = vae(config).apply(frozen["vae"], latent, method="decode")
     return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

@@ -17,7 +17,7 @@ Returned params are a nested dict of float32 numpy arrays (the `params` collecti
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,8 @@ _T5_SOURCE = (
 )
 # Keys of a full T5ForConditionalGeneration checkpoint that the encoder does not use, skipped by design.
 _T5_UNUSED_PREFIXES = ("decoder.", "lm_head.")
-# Old diffusers checkpoints (sd-vae-ft-ema among them) name the mid-block attention projections this way.
+# Checkpoints written by older diffusers name the mid-block attention projections this way (diffusers still
+# renames them on load), so both spellings load.
 _LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _MAX_LISTED = 10
 # Flax names whose `_N` suffix is part of the PyTorch attribute name, not a list index (T5 v1.1's gated FF).
@@ -51,9 +52,19 @@ _NOT_LIST_INDICES = frozenset({"wi_0", "wi_1"})
 # Public loaders.
 
 
+def vae_config(path: str) -> vae_lib.VaeConfig:
+    """The VaeConfig of a diffusers AutoencoderKL directory (config.json only)."""
+    return vae_config_from_dict(_read_config(path, _VAE_SOURCE))
+
+
+def t5_config(path: str) -> t5_lib.T5Config:
+    """The T5Config of a transformers T5 directory (config.json only)."""
+    return t5_config_from_dict(_read_config(path, _T5_SOURCE))
+
+
 def load_vae(path: str) -> tuple[vae_lib.VaeConfig, dict]:
     """diffusers AutoencoderKL directory -> (VaeConfig, params)."""
-    config = vae_config_from_dict(_read_config(path, _VAE_SOURCE))
+    config = vae_config(path)
     tensors = _open_safetensors(path, VAE_WEIGHTS, _VAE_SOURCE)
     renamed = {_rename_legacy_vae_key(k): k for k in tensors.files}
     if len(renamed) != len(tensors.files):
@@ -67,7 +78,7 @@ def load_vae(path: str) -> tuple[vae_lib.VaeConfig, dict]:
 
 def load_t5(path: str) -> tuple[t5_lib.T5Config, dict]:
     """transformers T5 directory -> (T5Config, params of the encoder and shared embedding)."""
-    config = t5_config_from_dict(_read_config(path, _T5_SOURCE))
+    config = t5_config(path)
     tensors = _open_safetensors(path, T5_WEIGHTS, _T5_SOURCE)
     files = {k: f for k, f in tensors.files.items() if not k.startswith(_T5_UNUSED_PREFIXES)}
     names = {k: k for k in files}
@@ -262,10 +273,11 @@ def _param_shapes(module, *dummy) -> dict:
 class _LazyTensors(Mapping):
     """Checkpoint key -> tensor, read from disk only when asked (a t5-large file holds an unused decoder).
 
-    `files` maps each key to a zero-argument reader; `names` maps it back to the name in the file for messages.
+    `files` maps each key to a `_Reader` (callable, with `.shape`); `names` maps each key back to the name in the
+    file, for messages.
     """
 
-    def __init__(self, files: Mapping[str, Callable[[], np.ndarray]], names: Mapping[str, str] | None = None):
+    def __init__(self, files: Mapping[str, "_Reader"], names: Mapping[str, str] | None = None):
         self.files = dict(files)
         self.names = dict(names or {})
 
@@ -289,14 +301,27 @@ def _checkpoint_shape(tensors: Mapping, key: str) -> tuple:
 
 
 class _Reader:
-    """Reads one tensor from one safetensors file; knows its shape without reading the data."""
+    """Reads one tensor from one safetensors file; knows its shape and dtype without reading the data."""
 
-    def __init__(self, filename: str, key: str, shape: tuple):
-        self.filename, self.key, self.shape = filename, key, shape
+    def __init__(self, filename: str, key: str, shape: tuple, dtype: str):
+        self.filename, self.key, self.shape, self.dtype = filename, key, shape, dtype
 
     def __call__(self) -> np.ndarray:
+        if self.dtype == "BF16":
+            return _read_bf16(self.filename, self.key)
         with safe_open(self.filename, framework="numpy") as f:
             return f.get_tensor(self.key)
+
+
+def _read_bf16(filename: str, key: str) -> np.ndarray:
+    """safetensors' numpy reader lacks bfloat16: read the bytes where the file's header says (dtype via jnp)."""
+    with open(filename, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(header_len))[key]
+        start, end = entry["data_offsets"]
+        f.seek(8 + header_len + start)
+        data = f.read(end - start)
+    return np.frombuffer(data, dtype=jnp.bfloat16).reshape(entry["shape"]).astype(np.float32)
 
 
 def _read_config(path: str, source: str) -> dict:
@@ -327,6 +352,7 @@ def _open_safetensors(path: str, weights: str, source: str) -> _LazyTensors:
     files = {}
     for shard in shards:
         with safe_open(shard, framework="numpy") as f:
-            for key in f.keys():
-                files[key] = _Reader(shard, key, tuple(f.get_slice(key).get_shape()))
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                info = f.get_slice(key)
+                files[key] = _Reader(shard, key, tuple(info.get_shape()), info.get_dtype())
     return _LazyTensors(files)

@@ -7,9 +7,11 @@ Behaviour matches `open_clip.SimpleTokenizer` with its defaults (clean='lower', 
   4. [sot] + ids + [eot], cut to the context with eot forced into the last slot, padded with 0.
 
 Who does what, and why: ftfy (maintained; OpenCLIP uses it) does the text fixing, and HF `tokenizers` (Rust,
-maintained) does steps 2-3, configured the way transformers' CLIP converter configures it. Only the vocabulary
-layout (bytes, bytes + `</w>`, merges, then the two specials, as OpenCLIP lays it out) and the framing of step 4 are
-written here: open_clip itself needs torch, and neither library builds OpenCLIP's id layout from the merges file.
+maintained) does steps 2-3 with the pieces transformers' CLIP tokenizer uses (regex Split, ByteLevel, BPE with
+`</w>`), minus its normaliser: step 1 runs in Python so it is OpenCLIP's cleaning exactly. Only the vocabulary
+layout (bytes, bytes + `</w>`, merges, then the two specials, as OpenCLIP lays it out) and the framing of step 4
+are written here: open_clip itself needs torch, and neither library builds OpenCLIP's id layout from the merges
+file.
 
 Known difference from OpenCLIP: the literal strings `<start_of_text>` / `<end_of_text>` inside a caption become
 the special ids wherever they occur, while OpenCLIP's regex misses them when punctuation directly precedes them
@@ -40,7 +42,8 @@ _SOURCE = (
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map of the 256 byte values to printable characters (fixes the id order)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
     codes = printable[:]
     shifted = 0
     for b in range(256):
@@ -104,13 +107,17 @@ class ClipTokenizer:
         tokenizer.add_special_tokens([AddedToken(SOT, special=True), AddedToken(EOT, special=True)])
         self._tokenizer = tokenizer
 
-    def encode(self, texts: Sequence[str] | str) -> np.ndarray:
-        """int32 [N, L]; a text longer than L - 2 tokens is cut and its last slot set to eot."""
+    def encode(self, texts: Sequence[str] | str, truncate: bool = True) -> np.ndarray:
+        """int32 [N, L]; a text longer than L - 2 tokens is cut and its last slot set to eot (with
+        `truncate=False` it is a ValueError naming the text instead)."""
         if isinstance(texts, str):
             texts = [texts]
         encodings = self._tokenizer.encode_batch([clean(t) for t in texts], add_special_tokens=False)
         ids = np.full((len(texts), self.context_length), self.pad_id, np.int32)
         for row, enc in enumerate(encodings):
+            if not truncate and len(enc.ids) > self.context_length - 2:
+                raise ValueError(f"text {texts[row]!r} needs {len(enc.ids) + 2} tokens, more than the context "
+                                 f"length {self.context_length}")
             tokens = [self.sot_id, *enc.ids[: self.context_length - 2], self.eot_id]
             ids[row, : len(tokens)] = tokens
         return ids

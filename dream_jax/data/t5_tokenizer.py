@@ -7,7 +7,9 @@ caption becomes its first L - 1 pieces + eos), padding with `<pad>` (id 0) and t
 
 Known difference from the HF tokenizer: text is never searched for special-token markup, so a caption that
 literally contains `</s>` or `<extra_id_0>` is segmented as characters instead of becoming those ids. That keeps
-caption text from injecting control tokens; no real caption is expected to contain them.
+caption text from injecting control tokens; no real caption is expected to contain them. Where two segmentations
+score exactly the same (e.g. a long run of one character covered by pieces of two lengths), HF's Rust Unigram
+may break the tie differently; sentencepiece is T5's own implementation, as HF's original slow tokenizer was.
 
 Dimension letters: N texts, L context length (tokens).
 """

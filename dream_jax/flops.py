@@ -1,0 +1,58 @@
+"""Analytic FLOP counts of one DREAM training example (matmuls and attention; 1 multiply-add = 2 FLOPs).
+
+The encoder is counted on the buffer + visible tokens only (the compute MAR/DREAM's design allows); the decoder
+on all Bf + L positions; the diffusion head on L tokens x batch_mul, as the authors compute it. Training of the
+trainable parts costs 3x their forward (backward = 2x forward); the frozen T5 runs forward only.
+
+Dimension letters: D width, M MLP hidden, L image tokens, Bf buffer, n sequence length, Lt/Dt T5 length/width,
+W head or tower width, T token dim, C CLIP context, P projection hidden, E embedding dim.
+"""
+
+import math
+
+
+def _block(n, d, m, kv_len=None):
+    """Forward FLOPs of a pre-LN block on n tokens: qkv + proj + MLP matmuls and the two attention products."""
+    kv_len = n if kv_len is None else kv_len
+    return 2 * n * (4 * d * d + 2 * d * m) + 4 * n * kv_len * d
+
+
+def _cross(n, d, text_len):
+    """Cross-attention from n queries to text_len aligned text tokens (q, kv, proj, attention)."""
+    return 2 * n * 2 * d * d + 2 * text_len * 2 * d * d + 4 * n * text_len * d
+
+
+def forward_flops(config, mask_ratio):
+    """Per-example forward FLOPs by component, for a masking ratio in [0, 1]."""
+    m = config.model
+    d, mlp, length, buf = m.width, m.mlp_dim, m.seq_len, m.buffer_size
+    visible = length - math.ceil(length * mask_ratio)
+    n_enc, n_dec, lt = buf + visible, buf + length, m.cond_len
+    t = m.text_tower
+    w, dw = t.width, m.diffloss_width
+    diff_tokens = length * config.diffusion.batch_mul
+    per_diff_token = (2 * m.token_dim * dw + 2 * (256 * dw + dw * dw) + 2 * d * dw
+                      + m.diffloss_depth * (2 * dw * 3 * dw + 4 * dw * dw) + 2 * dw * 2 * dw + 2 * dw * 2 * m.token_dim)
+    return {
+        "encoder": 2 * visible * m.token_dim * d + m.encoder_depth * _block(n_enc, d, mlp),
+        "decoder": 2 * n_enc * d * d + m.decoder_depth * (_block(n_dec, d, mlp) + _cross(n_dec, d, lt)),
+        "aligner": 2 * lt * m.cond_dim * d + m.aligner_depth * _block(lt, d, mlp),
+        "text tower": t.depth * _block(t.context_length, w, 4 * w) + 2 * w * m.embed_dim,
+        "projections": 2 * (d * m.proj_hidden_dim + m.proj_hidden_dim ** 2 + m.proj_hidden_dim * m.embed_dim),
+        "diffusion head": diff_tokens * per_diff_token,
+    }
+
+
+def t5_forward_flops(d_model, d_kv, num_heads, d_ff, num_layers, length, gated=False):
+    """Forward FLOPs of a T5 encoder on `length` tokens."""
+    inner = d_kv * num_heads
+    ff = (3 if gated else 2) * d_model * d_ff
+    per_layer = 2 * length * (4 * d_model * inner + ff) + 4 * length * length * inner
+    return num_layers * per_layer
+
+
+def train_flops_per_example(config, mask_ratio, t5=None):
+    """Training FLOPs of one example: 3 x trainable forward + the frozen T5 forward (if its shape is given)."""
+    trainable = 3 * sum(forward_flops(config, mask_ratio).values())
+    frozen = t5_forward_flops(length=config.model.cond_len, **t5) if t5 else 0
+    return trainable + frozen

@@ -1,0 +1,191 @@
+"""Text-to-image generation: MAR random-order decoding with classifier-free guidance, and DREAM's Semantically
+Aligned Decoding (SAD).
+
+Decoding (MAR / FLUID, PAPER.md §3): every image gets a random order; after step s the first mask_len[s+1]
+positions of the order stay masked, with mask_len[s+1] = floor(L cos(pi/2 (s+1)/S)) clamped to
+[1, mask_len[s] - 1], and the last step reveals the rest. Each step runs the encoder on the decoded tokens
+(masked ones dropped), the decoder with cross-attention to the aligned text (and to the empty prompt for CFG),
+and samples the revealed tokens with the diffusion head (respaced DDPM, temperature on the injected noise,
+eps = uncond + w (cond - uncond) with w ramped linearly to `cfg`). Only the tokens revealed at a step are
+denoised: their count depends on the step alone, so a static capacity C (the largest count) keeps shapes fixed.
+
+SAD: K candidates per prompt share the order and differ only in diffusion noise; after T_c steps DREAM's own
+encoder embeds each candidate's decoded tokens, the CLIP text tower embeds the prompt, and the best cosine
+candidate continues alone. Candidates are a batch axis. Everything is one jit per (shapes, options).
+
+Dimension letters: B prompts, K candidates, N = B K, L tokens, T token dim, D width, C capacity, S steps,
+Lt text length, E embedding dim.
+"""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dream_jax import frontend, losses
+from dream_jax.models import gaussian_diffusion
+from dream_jax.models.dream import DREAM
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Sampling settings (hashable: part of the compilation key)."""
+
+    num_iter: int = 64
+    cfg: float = 3.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+    sampling_steps: int = 100
+    num_candidates: int = 1
+    sad_step: int = 0  # T_c; 0 = plain decoding
+
+    def validate(self, length):
+        if not 1 <= self.num_iter <= length:
+            raise ValueError(f"num_iter={self.num_iter} must be in [1, {length}]")
+        if self.cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"cfg_schedule={self.cfg_schedule!r}; expected 'linear' or 'constant'")
+        if self.num_candidates < 1:
+            raise ValueError(f"num_candidates={self.num_candidates} must be >= 1")
+        if not 0 <= self.sad_step < self.num_iter or (self.num_candidates > 1 and self.sad_step == 0):
+            raise ValueError(f"sad_step={self.sad_step} must be in [1, num_iter={self.num_iter}) for SAD "
+                             f"(0 = plain decoding, only with num_candidates=1)")
+
+
+def options_from_config(config, **overrides):
+    s = config.sampling
+    return Options(num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
+                   sampling_steps=config.diffusion.sampling_steps, num_candidates=s.num_candidates,
+                   sad_step=s.sad_step, **overrides)
+
+
+def mask_schedule(length, num_iter):
+    """int [S + 1]: tokens still masked before each step (entry 0 = L) and after the last (0)."""
+    lens = [length]
+    for s in range(num_iter - 1):
+        target = math.floor(length * math.cos(math.pi / 2 * (s + 1) / num_iter))
+        lens.append(max(1, min(lens[-1] - 1, target)))
+    lens.append(0)
+    return np.array(lens, np.int32)
+
+
+def decoded_fraction(length, num_iter, step):
+    """Fraction of tokens decoded after `step` steps (e.g. SAD's T_c)."""
+    return 1.0 - mask_schedule(length, num_iter)[step] / length
+
+
+def random_orders(rng, batch, length):
+    """A random permutation of the positions per image: int [B, L]."""
+    return jnp.argsort(jax.random.uniform(rng, (batch, length)), axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every decoding step needs besides the carried tokens and mask."""
+
+    variables: dict
+    text: jax.Array        # [N, Lt, D] aligned prompt
+    empty_text: jax.Array  # [N, Lt, D] aligned empty prompt
+    orders: jax.Array      # [N, L + C], padded with L (an out-of-range position: writes are dropped)
+
+
+def _step(config, opts, ctx, rng, s, tokens, mask):
+    """Decoding step s: reveals order[lens[s+1] : lens[s]] of every sequence. Returns (tokens, mask)."""
+    model = DREAM(config.model)
+    length = tokens.shape[1]
+    lens = jnp.asarray(mask_schedule(length, opts.num_iter))
+    capacity = int(np.max(-np.diff(mask_schedule(length, opts.num_iter))))
+    x, _ = model.apply(ctx.variables, tokens, mask, method=DREAM.encode)
+    z = model.apply(ctx.variables, x, mask, ctx.text, method=DREAM.decode)
+    positions = jax.lax.dynamic_slice_in_dim(ctx.orders, lens[s + 1], capacity, axis=1)  # [N, C]
+    valid = jnp.arange(capacity)[None] < (lens[s] - lens[s + 1])
+    gather = lambda a: jnp.take_along_axis(a, positions[..., None], axis=1, mode="clip")  # noqa: E731
+    zc = gather(z).reshape(-1, z.shape[-1])
+    if opts.cfg != 1.0:
+        zu = gather(model.apply(ctx.variables, x, mask, ctx.empty_text, method=DREAM.decode)).reshape(zc.shape)
+        ramp = (length - lens[s + 1]) / length if opts.cfg_schedule == "linear" else 1.0
+        scale = 1.0 + (opts.cfg - 1.0) * ramp
+    constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps, opts.sampling_steps).constants()
+
+    def denoise(x_t, t):
+        if opts.cfg == 1.0:
+            return model.apply(ctx.variables, x_t, t, zc, method=DREAM.denoise)
+        out = model.apply(ctx.variables, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
+                          jnp.concatenate([zc, zu]), method=DREAM.denoise)
+        cond, uncond = jnp.split(out, 2)
+        eps_c, var_c = jnp.split(cond, 2, axis=-1)
+        eps_u = jnp.split(uncond, 2, axis=-1)[0]
+        return jnp.concatenate([eps_u + scale * (eps_c - eps_u), var_c], axis=-1)
+
+    noise_rng, loop_rng = jax.random.split(rng)
+    start = jax.random.normal(noise_rng, zc.shape[:1] + tokens.shape[-1:], jnp.float32)
+    sampled = gaussian_diffusion.p_sample_loop(constants, denoise, start, loop_rng, opts.temperature)
+    sampled = sampled.reshape(positions.shape + tokens.shape[-1:])
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    write = jnp.where(valid, positions, length)
+    tokens = tokens.at[rows, write].set(sampled, mode="drop")
+    mask = mask.at[rows, write].set(False, mode="drop")
+    return tokens, mask
+
+
+def _run_steps(config, opts, ctx, rng, first, last, tokens, mask):
+    """Steps [first, last) in one fori_loop; step s draws from fold_in(rng, s)."""
+    body = lambda s, carry: _step(config, opts, ctx, jax.random.fold_in(rng, s), s, *carry)  # noqa: E731
+    return jax.lax.fori_loop(first, last, body, (tokens, mask))
+
+
+def _repeat(a, k):
+    return jnp.repeat(a, k, axis=0)
+
+
+def sad_scores(config, variables, tokens, mask, text_emb):
+    """Cosine of DREAM's own embedding of the decoded tokens (masked dropped) with the prompt's: [N]."""
+    model = DREAM(config.model)
+    x, keep = model.apply(variables, tokens, mask, method=DREAM.encode)
+    img = model.apply(variables, x, keep, method=DREAM.image_embedding)
+    return jnp.sum(losses.l2_normalize(img) * losses.l2_normalize(text_emb), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "opts"))
+def generate(config, opts, variables, frozen, clip_ids, cond_ids, cond_mask, rng):
+    """Token sequences [B, L, T] for B prompts, plus SAD scores [B, K] and the chosen candidate [B].
+
+    `config` is a FrozenConfigDict, `variables` = {'params', 'batch_stats'} (EMA params by default).
+    """
+    model = DREAM(config.model)
+    m = config.model
+    batch, k = clip_ids.shape[0], opts.num_candidates
+    length = m.seq_len
+    capacity = int(np.max(-np.diff(mask_schedule(length, opts.num_iter))))
+    cond = frontend.cond_features(config, frozen, cond_ids, cond_mask)
+    text = model.apply(variables, cond, method=DREAM.align_text)
+    empty = model.apply(variables, frozen["empty_cond"][None], method=DREAM.align_text)
+    order_rng, steps_rng = jax.random.split(rng)
+    orders = random_orders(order_rng, batch, length)
+    orders = jnp.concatenate([orders, jnp.full((batch, capacity), length, jnp.int32)], axis=1)
+
+    def context(n):
+        return _Context(variables, _repeat(text, n), jnp.broadcast_to(empty, (batch * n,) + empty.shape[1:]),
+                        _repeat(orders, n))
+
+    tokens = jnp.zeros((batch * k, length, m.token_dim), jnp.float32)
+    mask = jnp.ones((batch * k, length), bool)
+    if opts.sad_step == 0:
+        tokens, mask = _run_steps(config, opts, context(1), steps_rng, 0, opts.num_iter, tokens, mask)
+        return tokens, jnp.zeros((batch, 1)), jnp.zeros((batch,), jnp.int32)
+    tokens, mask = _run_steps(config, opts, context(k), steps_rng, 0, opts.sad_step, tokens, mask)
+    text_emb = _repeat(model.apply(variables, clip_ids, method=DREAM.text_embedding), k)
+    scores = sad_scores(config, variables, tokens, mask, text_emb).reshape(batch, k)
+    best = jnp.argmax(scores, axis=1)
+    pick = lambda a: a.reshape((batch, k) + a.shape[1:])[jnp.arange(batch), best]  # noqa: E731
+    tokens, mask = _run_steps(config, opts, context(1), steps_rng, opts.sad_step, opts.num_iter, pick(tokens),
+                              pick(mask))
+    return tokens, scores, best.astype(jnp.int32)
+
+
+def freeze(config):
+    """A hashable config for `generate`'s static argument."""
+    return ml_collections.FrozenConfigDict(config)

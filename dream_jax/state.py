@@ -1,0 +1,110 @@
+"""The train state and its optimiser: shapes, shardings and creation, shared by training, sampling and export.
+
+The optimiser is the authors' recipe: global-norm clip, AdamW(0.9, 0.95) with their weight-decay groups, linear
+warmup from 0 then constant (cosine as an option), and an EMA of the params kept in the state. Shapes come first
+(jax.eval_shape); the state is then created directly into the shardings that the modules' logical names give.
+"""
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from dream_jax import sharding
+from dream_jax.models.dream import DREAM
+
+
+# ----------------------------------------------------------------------------------------------- optimiser
+def total_steps(config):
+    return config.total_steps if config.total_steps > 0 else int(config.num_epochs * config.steps_per_epoch)
+
+
+def learning_rate(config):
+    """Linear warmup from 0 (per step, as MAR's per-iteration schedule), then constant or cosine to 0."""
+    o = config.optim
+    peak = o.base_lr * config.batch_size / 256
+    warmup = max(1, int(o.warmup_epochs * config.steps_per_epoch))
+    if o.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    elif o.schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak, max(1, total_steps(config) - warmup))
+    else:
+        raise ValueError(f"optim.schedule={o.schedule!r}; expected 'constant' or 'cosine'")
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(params):
+    """True where weight decay applies: the authors exclude biases, 1-D tensors (norms) and the DiffLoss MLP.
+
+    0-D `logit_scale` is decayed, as in the authors' optimizer groups.
+    """
+    def decayed(path, leaf):
+        names = [getattr(k, "key", None) for k in path]
+        return not ("bias" in names or "diffloss_net" in names or jnp.ndim(leaf) == 1)
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(config):
+    o = config.optim
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+    )
+
+
+# --------------------------------------------------------------------------------------------------- state
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any
+
+
+def dummy_inputs(config, batch=1):
+    m = config.model
+    return (
+        jnp.zeros((batch, m.seq_len, m.token_dim), jnp.float32),
+        jnp.zeros((batch, m.seq_len), bool),
+        jnp.zeros((batch, m.text_tower.context_length), jnp.int32),
+        jnp.zeros((batch, m.cond_len, m.cond_dim), jnp.float32),
+    )
+
+
+def _boxed_state(config, rng):
+    variables = DREAM(config.model).init({"params": rng}, *dummy_inputs(config))
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=make_optimizer(config).init(params),
+        ema_params=params,
+    )
+
+
+def state_shardings(config, mesh):
+    """NamedShardings of the (unboxed) train state, from the modules' logical axis names."""
+    abstract = jax.eval_shape(functools.partial(_boxed_state, config), jax.random.key(0))
+    return sharding.logical_shardings(abstract, mesh, config)
+
+
+def abstract_state(config, mesh):
+    """The state as ShapeDtypeStructs carrying their shardings: the restore target; allocates nothing."""
+    shapes = jax.eval_shape(lambda r: nn.unbox(_boxed_state(config, r)), jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        state_shardings(config, mesh))
+
+
+def create_state(config, mesh):
+    """A freshly initialised state, created directly in its shardings (never whole on one device)."""
+    shardings = state_shardings(config, mesh)
+    # No mesh context here: DenseGeneral initialises its 2-D kernel view, which a logical constraint would reject.
+    init = jax.jit(lambda r: nn.unbox(_boxed_state(config, r)), out_shardings=shardings)
+    return init(jax.random.key(config.seed))
