@@ -83,7 +83,9 @@ def get_base_config(scale="B"):
         t5_path="",
     ))
 
-    c.diffusion = ml_collections.ConfigDict(dict(num_steps=1000, sampling_steps=100, batch_mul=4))
+    # clip_denoised: MAR samples latents unclipped; the tiny config's pixels lie in [-1, 1] and may clip.
+    c.diffusion = ml_collections.ConfigDict(dict(num_steps=1000, sampling_steps=100, batch_mul=4,
+                                                 clip_denoised=False))
 
     c.masking = ml_collections.ConfigDict(dict(
         kind="warmup",          # warmup | mar | fixed | uniform

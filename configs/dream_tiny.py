@@ -25,13 +25,13 @@ def get_config():
     c.tokenizer.update(dict(kind="pixels", image_size=32, patch_size=4))
     c.text.update(dict(clip_tokenizer="words", cond_encoder="tiny_t5"))
     c.text.tiny_t5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, seed=0)
-    c.diffusion.sampling_steps = 50
+    c.diffusion.update(dict(sampling_steps=50, clip_denoised=True))
     c.sampling.update(dict(num_iter=16, sad_step=8, num_candidates=5, batch_size=64))
     c.masking.num_groups = 4
     c.batch_size = 64
     c.num_epochs = 48
     c.steps_per_epoch = 50
-    c.optim.update(dict(base_lr=4e-4, warmup_epochs=2.0, weight_decay=0.04, ema_rate=0.999))
+    c.optim.update(dict(base_lr=4e-3, warmup_epochs=2.0, weight_decay=0.04, ema_rate=0.99))
     c.mesh.shape = (-1, 1, 1)
     c.data.update(dict(source="shapes", num_workers=0, num_examples=100_000))
     c.log_every = 20

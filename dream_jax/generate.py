@@ -122,7 +122,8 @@ def _step(config, opts, ctx, rng, s, tokens, mask):
 
     noise_rng, loop_rng = jax.random.split(rng)
     start = jax.random.normal(noise_rng, zc.shape[:1] + tokens.shape[-1:], jnp.float32)
-    sampled = gaussian_diffusion.p_sample_loop(constants, denoise, start, loop_rng, opts.temperature)
+    sampled = gaussian_diffusion.p_sample_loop(constants, denoise, start, loop_rng, opts.temperature,
+                                               config.diffusion.clip_denoised)
     sampled = sampled.reshape(positions.shape + tokens.shape[-1:])
     rows = jnp.arange(tokens.shape[0])[:, None]
     write = jnp.where(valid, positions, length)

@@ -18,6 +18,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 def mesh_shape(shape, num_devices):
     """Resolves one -1 in the mesh shape; raises ValueError if the product does not match the devices."""
     shape = list(shape)
+    if any(s != -1 and (s < 1 or s != int(s)) for s in shape):
+        raise ValueError(f"mesh.shape={tuple(shape)}: every entry must be a positive integer or -1")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh.shape={tuple(shape)} has more than one -1")
     known = math.prod(s for s in shape if s != -1)
@@ -33,6 +35,9 @@ def mesh_shape(shape, num_devices):
 def make_mesh(config, devices=None):
     """The (data, fsdp, tensor) mesh of the config over `devices` (default: all)."""
     devices = jax.devices() if devices is None else devices
+    if len(config.mesh.shape) != len(config.mesh.axes):
+        raise ValueError(f"mesh.shape={tuple(config.mesh.shape)} has {len(config.mesh.shape)} entries but mesh.axes="
+                         f"{tuple(config.mesh.axes)} names {len(config.mesh.axes)}")
     shape = mesh_shape(config.mesh.shape, len(devices))
     return jax.sharding.Mesh(np.asarray(devices).reshape(shape), tuple(config.mesh.axes))
 

@@ -1,6 +1,8 @@
 """Metrics out, without TensorFlow: TensorBoard events (tensorboardX), a JSONL log, and a progress line.
 
 Only process 0 writes (`enabled`); other processes get a writer that does nothing, as flax's examples do.
+A run resumed from a checkpoint at step s drops what an interrupted run logged after s (JSONL records, and
+TensorBoard events via its purge step), so every step appears once in both.
 """
 
 import json
@@ -13,7 +15,8 @@ import numpy as np
 class Writer:
     """Scalars to `workdir/tensorboard` (event files) and `workdir/metrics.jsonl`; images as PNG files."""
 
-    def __init__(self, workdir, enabled=True):
+    def __init__(self, workdir, enabled=True, resume_step=None):
+        """`resume_step`: the step training restarts from (0 for a fresh start); None keeps everything logged."""
         self.enabled = enabled
         self.workdir = workdir
         self._tb = None
@@ -22,8 +25,13 @@ class Writer:
             from tensorboardX import SummaryWriter
 
             os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            purge_step = None
+            if resume_step is not None:
+                _drop_records_after(path, resume_step)
+                purge_step = resume_step + 1
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
+            self._jsonl = open(path, "a")
 
     def scalars(self, step, values):
         if not self.enabled:
@@ -43,6 +51,27 @@ class Writer:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+def _drop_records_after(path, step):
+    """Rewrites the JSONL log without records of steps after `step` (logged by a run that was interrupted)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line.rstrip("\n") + "\n" for line in lines if line.strip() and _record_step(line) <= step]
+    if kept == lines:
+        return
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+def _record_step(line):
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+        return float("inf")
 
 
 def format_seconds(seconds):

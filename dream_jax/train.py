@@ -138,6 +138,8 @@ def validate_config(config):
     if config.batch_size % config.masking.num_groups:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by masking.num_groups="
                          f"{config.masking.num_groups}")
+    if config.tokenizer.kind not in ("vae", "pixels"):
+        raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}; expected 'vae' or 'pixels'")
     image, patch = config.tokenizer.image_size, config.tokenizer.patch_size
     stride = patch * (8 if config.tokenizer.kind == "vae" else 1)
     channels = 4 if config.tokenizer.kind == "vae" else 3
@@ -155,7 +157,6 @@ def train_and_evaluate(config, workdir):
     if config.batch_size % sharding.batch_divisor(mesh, config):
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the {sharding.batch_divisor(mesh, config)}"
                          " batch shards of mesh.shape")
-    writer = summary_lib.Writer(workdir, enabled=jax.process_index() == 0)
     tokenizers = frontend.make_tokenizers(config)
     frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
     data = iter(pipeline.make_dataset(config, tokenizers))
@@ -167,9 +168,10 @@ def train_and_evaluate(config, workdir):
         logging.info("initialised a new model in %s", workdir)
     else:
         logging.info("resumed from step %d in %s", restored_step, workdir)
+    start = int(state.step)
+    writer = summary_lib.Writer(workdir, enabled=jax.process_index() == 0, resume_step=start)
     writer.write_config(config)
     num_steps = total_steps(config)
-    start = int(state.step)
     first = sharding.global_batch(next(data), mesh, config)
     step_fn = compile_step(config, mesh, frozen, first)
 

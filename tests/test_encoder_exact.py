@@ -31,7 +31,7 @@ def _encoder():
                    num_classes=CLASSES, attn_dropout=0.1, proj_dropout=0.1, dtype=jnp.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _params(seed):
     tokens = jnp.zeros((1, LENGTH, TOKEN_DIM))
     init = jax.jit(_encoder().init)(jax.random.key(seed), tokens, jnp.zeros((1, LENGTH), bool))
@@ -106,7 +106,7 @@ def test_masked_token_values_do_not_leak():
     tokens = jax.random.normal(jax.random.key(4), (4, LENGTH, TOKEN_DIM))
     noise = 100.0 * jax.random.normal(jax.random.key(5), tokens.shape)
     other = jnp.where(mask[..., None], noise, tokens)
-    run = lambda t: _run_encoder(params, t, mask)  # noqa: E731
+    run = lambda t: _run_encoder(params, t, mask)
     keep = np.asarray(keep_mask(mask, BUFFER))
     a, b = np.asarray(run(tokens)), np.asarray(run(other))
     np.testing.assert_allclose(a[keep], b[keep], atol=ATOL, rtol=0)

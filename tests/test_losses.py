@@ -283,8 +283,8 @@ def _loss_inputs(seed=0):
 CONSTANTS = gd.make_schedule(1000).constants()
 
 
-def _diff_loss(w, tokens, z, mask, rng=jax.random.key(3)):
-    return losses.diffusion_loss(_denoise(w), CONSTANTS, rng, tokens, z, mask, G, MUL, 0.5)
+def _diff_loss(w, tokens, z, mask):
+    return losses.diffusion_loss(_denoise(w), CONSTANTS, jax.random.key(3), tokens, z, mask, G, MUL, 0.5)
 
 
 def test_diffusion_loss_value_and_gating():
@@ -296,7 +296,7 @@ def test_diffusion_loss_value_and_gating():
     loss, metrics = _diff_loss(w, tokens, z, mask)
 
     # Reference aggregation from the per-token losses of the same draws.
-    x0, zz, mm, t, noise = losses.diffusion_targets(jax.random.key(3), tokens, z, mask, MUL, 1000)
+    x0, zz, _, t, noise = losses.diffusion_targets(jax.random.key(3), tokens, z, mask, MUL, 1000)
     assert x0.shape == (MUL * G * PER_GROUP * L, T) and t.min() >= 0 and t.max() < 1000
     x_t = gd.q_sample(CONSTANTS, x0, t, noise)
     per_token = np.asarray(gd.training_loss(CONSTANTS, x0, x_t, t, noise, _denoise(w)(x_t, t, zz)), np.float64)

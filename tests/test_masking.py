@@ -1,7 +1,7 @@
 """Masking Warmup: ratio distributions (Kolmogorov-Smirnov vs scipy.stats.truncnorm), exact masked counts,
 per-group sharing, and one compilation for every step.
 
-The ratios of many groups (masking.num_groups = 20000) form an i.i.d. sample of one step's distribution.
+The ratios of many groups (masking.num_groups = 50000) form an i.i.d. sample of one step's distribution.
 
 Dimension letters: G mask groups, B batch, L tokens.
 """
@@ -31,7 +31,7 @@ def _config(kind="warmup", groups=N, **overrides):
 
 
 def _ratios(config, epoch, seed=0):
-    step = int(round(epoch * STEPS_PER_EPOCH))
+    step = round(epoch * STEPS_PER_EPOCH)
     r = masking.sample_mask_ratios(jax.random.key(seed), jnp.int32(step), config)
     assert r.shape == (config.masking.num_groups,) and r.dtype == jnp.float32
     return np.asarray(r, np.float64)

@@ -26,8 +26,8 @@ def closed_form(m):
     """Trainable parameters of DREAM from the `model` config section, one term per component."""
     D, M, T = m.width, m.mlp_dim, m.token_dim
     seq, buf = m.seq_len, m.buffer_size
-    ln = lambda w: 2 * w  # noqa: E731
-    linear = lambda i, o: i * o + o  # noqa: E731
+    ln = lambda w: 2 * w
+    linear = lambda i, o: i * o + o
 
     # timm Block: norm1, qkv, proj, norm2, fc1, fc2.
     block = ln(D) + linear(D, 3 * D) + linear(D, D) + ln(D) + linear(D, M) + linear(M, D)
@@ -69,7 +69,7 @@ def model_count(config):
     return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scale_count(scale):
     return model_count(common.get_base_config(scale))
 

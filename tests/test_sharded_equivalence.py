@@ -27,10 +27,13 @@ RTOL = 1e-4
 
 def _config(shape=(1, 1, 1)):
     c = dream_tiny.get_config()
-    # Smaller than the tiny config to keep compile time low; every part (and head / MLP axis) still splits 2-way.
-    c.model.update(dict(encoder_depth=1, decoder_depth=1, aligner_depth=1, diffloss_depth=1, width=64,
-                        mlp_dim=128, num_heads=4, embed_dim=32, proj_hidden_dim=64, diffloss_width=64))
-    c.model.text_tower.update(dict(depth=1, width=32, num_heads=2))
+    # Smaller than the tiny config: compiling 8 XLA programs (state init and step per mesh) dominates this file,
+    # at roughly a fixed cost per kernel. One encoder block and one decoder block cover both attention kinds and
+    # the MLP; the aligner, CLIP tower and DiffLoss keep only their non-block layers (embeddings, projections,
+    # final layers). Every embed / heads / MLP / vocab axis still splits over fsdp and tensor.
+    c.model.update({"encoder_depth": 1, "decoder_depth": 1, "aligner_depth": 0, "diffloss_depth": 0, "width": 64,
+                    "mlp_dim": 128, "num_heads": 4, "embed_dim": 32, "proj_hidden_dim": 64, "diffloss_width": 64})
+    c.model.text_tower.update({"depth": 0, "width": 32, "num_heads": 2})
     c.batch_size = BATCH
     c.masking.num_groups = 4
     c.diffusion.batch_mul = 2
@@ -54,26 +57,9 @@ def _batch(config):
     }
 
 
-# Late in the warmup (epoch 30, mu = 0.83) the four groups straddle both gates; checked below.
-STEP = 30 * 50
-
-
-def _run(shape, devices):
-    config = _config(shape)
-    mesh = sharding.make_mesh(config, devices)
-    assert mesh.shape == dict(zip(("data", "fsdp", "tensor"), shape))
-    state = state_lib.create_state(config, mesh)
-    params = _perturbed(state.params)
-    frozen = jax.device_put(frontend.load_frozen(config, frontend.make_tokenizers(config)), sharding.replicated(mesh))
-    batch = sharding.global_batch(_batch(config), mesh, config)
-
-    def value_and_grad(params, batch_stats, frozen, batch, step):
-        return jax.value_and_grad(train.loss_fn, has_aux=True)(params, batch_stats, config, frozen, batch, step)
-
-    fn = jax.jit(value_and_grad)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-        (loss, (metrics, stats)), grads = fn(params, state.batch_stats, frozen, batch, np.int32(STEP))
-    return state, jax.device_get((loss, metrics, stats, grads))
+# Epoch 33 of the tiny config (50 steps per epoch, mu = 0.92): the four group ratios straddle both gates
+# (some groups are dropped from the CLIP loss, some from the generative loss); checked below.
+STEP = 33 * 50
 
 
 def _perturbed(params):
@@ -88,27 +74,58 @@ def _perturbed(params):
     return jax.device_put(noisy, jax.tree.map(lambda x: x.sharding, params))
 
 
-@functools.lru_cache(maxsize=None)
+def _setup(shape):
+    config = _config(shape)
+    devices = jax.devices()[:1] if shape == (1, 1, 1) else jax.devices()[:8]
+    mesh = sharding.make_mesh(config, devices)
+    assert mesh.shape == dict(zip(("data", "fsdp", "tensor"), shape))
+    return config, mesh, state_lib.create_state(config, mesh)
+
+
+def _lower(config, mesh, state):
+    """The value-and-grad of train.loss_fn, traced as train.compile_step traces the step; returns (lowered, args)."""
+    frozen = jax.device_put(frontend.load_frozen(config, frontend.make_tokenizers(config)), sharding.replicated(mesh))
+    batch = sharding.global_batch(_batch(config), mesh, config)
+    args = (_perturbed(state.params), state.batch_stats, frozen, batch, np.int32(STEP))
+
+    def value_and_grad(params, batch_stats, frozen, batch, step):
+        return jax.value_and_grad(train.loss_fn, has_aux=True)(params, batch_stats, config, frozen, batch, step)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+        return jax.jit(value_and_grad).lower(*args), args
+
+
+@functools.cache
+def _run(shape):
+    """(state, (loss, metrics, batch_stats, grads)) on one mesh shape; cached so each compiles once."""
+    config, mesh, state = _setup(shape)
+    lowered, args = _lower(config, mesh, state)
+    with jax.set_mesh(mesh):
+        (loss, (metrics, stats)), grads = lowered.compile()(*args)
+    return state, jax.device_get((loss, metrics, stats, grads))
+
+
 def _single():
-    return _run((1, 1, 1), jax.devices()[:1])
+    return _run((1, 1, 1))
 
 
 def _assert_tree_close(actual, expected, what):
     flat_a = jax.tree_util.tree_leaves_with_path(actual)
     flat_e = jax.tree.leaves(expected)
     assert len(flat_a) == len(flat_e), what
+    # Element-wise relative, with an absolute floor at RTOL / 10 of the largest entry of the whole tree: some
+    # gradients are exactly zero in exact arithmetic (biases right before BatchNorm) and hold only rounding noise.
+    floor = RTOL / 10 * max(np.abs(np.asarray(e)).max() for e in flat_e)
     for (path, a), e in zip(flat_a, flat_e):
-        a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
-        scale = max(np.abs(e).max(), 1e-30)
-        # Relative per element, with a floor at RTOL of the leaf's largest entry for near-zero elements.
-        np.testing.assert_allclose(a, e, rtol=RTOL, atol=RTOL * scale, err_msg=f"{what} {jax.tree_util.keystr(path)}")
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=RTOL, atol=floor,
+                                   err_msg=f"{what} {jax.tree_util.keystr(path)}")
 
 
 def test_single_device_reference_is_meaningful():
     _, (loss, metrics, _, grads) = _single()
     # Both objectives contribute: some groups pass the generative gate, some samples the CLIP filter.
     assert 0.0 < metrics["gen_active_frac"] < 1.0
-    assert metrics["clip_valid_frac"] > 0.0
+    assert 0.0 < metrics["clip_valid_frac"] < 1.0
     assert np.isfinite(loss) and loss > 0
     norms = {k: float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(v)))) for k, v in grads.items()}
     for part in ("encoder", "decoder", "aligner", "text_tower", "image_projection", "diffloss_net"):
@@ -119,7 +136,7 @@ def test_single_device_reference_is_meaningful():
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sharded_loss_and_grads_equal_single_device(shape):
     state0, (loss0, metrics0, stats0, grads0) = _single()
-    state, (loss, metrics, stats, grads) = _run(shape, jax.devices()[:8])
+    state, (loss, metrics, stats, grads) = _run(shape)
 
     # Same initial parameters whatever the mesh (created directly into their shardings).
     for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(state0.params))):

@@ -1,10 +1,12 @@
 """Tests of the training loop (dream_jax.train) as a user runs it: learning, bit-exact resume after SIGKILL,
 SIGTERM preemption, the NaN guard, and the metrics it writes.
 
-Runs are real `python -m dream_jax.main` subprocesses on one CPU device with a shrunken tiny config
-(train_helpers.OVERRIDES); they share a persistent compilation cache, so only the first one compiles the step.
+Runs are real `python -m dream_jax.main` subprocesses (or small scripts around the library) on one CPU device
+with a shrunken tiny config (train_helpers.OVERRIDES); they share a persistent compilation cache, so only the
+first one, the uninterrupted run of the resume test, compiles the step.
 """
 
+import json
 import os
 import signal
 import struct
@@ -15,10 +17,9 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from dream_jax import checkpoint, frontend, sharding, train
-from dream_jax.data import pipeline
+from dream_jax import checkpoint, sharding, train
 
-STEPS = 10  # the resume test checkpoints at STEPS // 2 and STEPS
+STEPS = 20  # the resume test checkpoints at STEPS // 2 and STEPS; the kill must land between them
 HALF = STEPS // 2
 
 
@@ -50,28 +51,6 @@ def _restore(workdir, config, step):
         manager.close()
 
 
-def test_loss_decreases_on_a_fixed_batch():
-    config = th.tiny_config()
-    mesh = _one_device(config)
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
-    batch = sharding.global_batch(next(iter(pipeline.make_dataset(config, tokenizers))), mesh, config)
-    state = train.create_state(config, mesh)
-    step_fn = train.compile_step(config, mesh, frozen, batch)
-    step_sharding = state.step.sharding
-    history = []
-    for _ in range(30):
-        # Holding the step at 1 (past the 1-step warmup) repeats its masks and noise: one fixed objective.
-        state = state.replace(step=jax.device_put(np.int32(1), step_sharding))
-        state, metrics = step_fn(state, frozen, batch)
-        history.append(jax.device_get(metrics))
-    assert all(np.isfinite(m["loss"]) for m in history)
-    for name in ("loss", "gen_loss", "clip_loss"):
-        first = np.mean([m[name] for m in history[:3]])
-        last = np.mean([m[name] for m in history[-3:]])
-        assert last < 0.8 * first, f"{name}: {first:.4f} -> {last:.4f}"
-
-
 def test_resume_after_sigkill_is_bit_exact(straight_run, env, tmp_path):
     straight, _ = straight_run
     workdir = tmp_path / "run"
@@ -86,19 +65,73 @@ def test_resume_after_sigkill_is_bit_exact(straight_run, env, tmp_path):
 
     code, out = th.run(args, env, tmp_path / "resumed.txt")
     assert code == 0, out
-    assert f"step {HALF + 1}/{STEPS}" in out and f"step {HALF}/{STEPS}" not in out, "it did not resume at the checkpoint"
+    assert f"step {HALF + 1}/{STEPS}" in out and f"step {HALF}/{STEPS}" not in out, "it did not resume at HALF"
 
     config = th.tiny_config(total_steps=STEPS)
     th.assert_trees_equal(_restore(workdir, config, STEPS), _restore(straight, config, STEPS))
 
     # Same batches in the same order after the resume: the per-step losses match to the bit, and so does the
     # saved grain iterator state.
-    expected, resumed = th.metrics_by_step(straight), th.metrics_by_step(workdir)
-    for step in range(HALF + 1, STEPS + 1):
+    expected = th.metrics_by_step(straight)
+    with open(workdir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    # What the killed run logged after its checkpoint was dropped on resume: every step appears once.
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for record in records:
         for name in ("loss", "gen_loss", "clip_loss", "clip_acc", "grad_norm"):
-            assert resumed[step][name] == expected[step][name], (step, name)
+            assert record[name] == expected[record["step"]][name], (record["step"], name)
     data_state = os.path.join("checkpoints", str(STEPS), "data", "process_0-of-1.json")
     assert th.read(workdir / data_state) == th.read(straight / data_state)
+    # TensorBoard is told the same: the resumed run's events purge those of steps after the checkpoint.
+    from tensorboardX.proto import event_pb2
+
+    starts = [e.step for e in _events(workdir / "tensorboard") if e.session_log.status == event_pb2.SessionLog.START]
+    assert HALF + 1 in starts
+
+
+FIXED_BATCH_SCRIPT = """
+# python fixed_batch.py TESTS_DIR: JSON metrics of 30 train steps on one batch, the step held at 1 (past the
+# 1-step warmup) so that masks and noise repeat too: one fixed objective.
+import json
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, sys.argv[1])
+import train_helpers as th
+from dream_jax import frontend, sharding, train
+from dream_jax.data import pipeline
+
+config = th.tiny_config()
+mesh = sharding.make_mesh(config)
+tokenizers = frontend.make_tokenizers(config)
+frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+batch = sharding.global_batch(next(iter(pipeline.make_dataset(config, tokenizers))), mesh, config)
+state = train.create_state(config, mesh)
+step_fn = train.compile_step(config, mesh, frozen, batch)
+history = []
+for _ in range(30):
+    state = state.replace(step=jax.device_put(np.int32(1), state.step.sharding))
+    state, metrics = step_fn(state, frozen, batch)
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+print(json.dumps(history))
+"""
+
+
+def test_loss_decreases_on_a_fixed_batch(env, tmp_path):
+    # A subprocess, placed after the straight run: it reuses that run's compiled step from the shared cache.
+    script = tmp_path / "fixed_batch.py"
+    script.write_text(FIXED_BATCH_SCRIPT)
+    code, out = th.run([os.path.dirname(os.path.abspath(__file__))], env, tmp_path / "log.txt",
+                       module=(str(script),))
+    assert code == 0, out
+    history = json.loads(out.strip().splitlines()[-1])
+    assert all(np.isfinite(m["loss"]) for m in history)
+    for name in ("loss", "gen_loss", "clip_loss"):
+        first = np.mean([m[name] for m in history[:3]])
+        last = np.mean([m[name] for m in history[-3:]])
+        assert last < 0.8 * first, f"{name}: {first:.4f} -> {last:.4f}"
 
 
 def test_sigterm_checkpoints_and_the_rerun_resumes(env, tmp_path):
@@ -170,21 +203,18 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(env, tmp_path):
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
 
 
-def _event_tags(directory):
-    """Scalar tags in the TFRecord event files of `directory`, read without TensorFlow."""
+def _events(directory):
+    """The Event protos of the TFRecord event files in `directory`, read without TensorFlow."""
     from tensorboardX.proto import event_pb2
 
-    tags = set()
-    for name in os.listdir(directory):
+    for name in sorted(os.listdir(directory)):
         with open(os.path.join(directory, name), "rb") as f:
             data = f.read()
         offset = 0
-        while offset < len(data):
+        while offset < len(data):  # record: uint64 length, uint32 crc, payload, uint32 crc
             (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-            tags.update(v.tag for v in event.summary.value)
+            yield event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
             offset += 12 + length + 4
-    return tags
 
 
 LOGGED = ("loss", "gen_loss", "clip_loss", "lr", "grad_norm", "logit_scale", "mask_ratio_mean", "mask_ratio_min",
@@ -205,5 +235,19 @@ def test_metrics_and_tensorboard_events(straight_run):
         assert record["examples_per_sec"] == pytest.approx(16 * record["steps_per_sec"])
     tensorboard = workdir / "tensorboard"
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tensorboard))
-    assert set(LOGGED) <= _event_tags(tensorboard)
+    assert set(LOGGED) <= {v.tag for e in _events(tensorboard) for v in e.summary.value}
     assert f"step {STEPS}/{STEPS} (100.0%)" in out and "steps/s ETA" in out
+
+
+def test_writer_on_resume_drops_records_after_the_resume_step(tmp_path):
+    from dream_jax import summary
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "loss": 3.0}\n{"step": 4, "lo')
+    writer = summary.Writer(str(tmp_path), resume_step=2)
+    writer.scalars(3, {"loss": 30.0})
+    writer.close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 30.0}]
+    summary.Writer(str(tmp_path)).close()  # no resume step (e.g. sampling into the workdir): nothing dropped
+    assert len(path.read_text().splitlines()) == 3

@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dream_jax import frontend, losses
@@ -23,9 +24,13 @@ def _text_embeddings(config, variables, ids):
     return losses.l2_normalize(DREAM(config.model).apply(variables, ids, method=DREAM.text_embedding))
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
 def image_embeddings(config, variables, frozen, images, rng):
     """Normalised embeddings [N, E] of fully visible uint8 images [N, H, W, 3]."""
+    return _image_embeddings(ml_collections.FrozenConfigDict(config), variables, frozen, images, rng)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _image_embeddings(config, variables, frozen, images, rng):
     model = DREAM(config.model)
     tokens = frontend.images_to_tokens(config, frozen, images, rng)
     mask = jnp.zeros(tokens.shape[:2], bool)
@@ -37,7 +42,7 @@ def class_embeddings(config, variables, tokenizers, prompts_per_class):
     """[K, E] from a list (per class) of prompt lists."""
     out = []
     for prompts in prompts_per_class:
-        emb = _text_embeddings(config, variables, jnp.asarray(tokenizers.clip_ids(prompts)))
+        emb = _text_embeddings(ml_collections.FrozenConfigDict(config), variables, jnp.asarray(tokenizers.clip_ids(prompts)))
         out.append(losses.l2_normalize(jnp.mean(emb, axis=0)))
     return jnp.stack(out)
 

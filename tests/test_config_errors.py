@@ -1,0 +1,114 @@
+"""Bad config values raise one clear ValueError naming the value; every shipped config validates.
+
+Checked through `train.validate_config` (run before anything is built), `common.scale_config` and
+`sharding.mesh_shape` / `sharding.make_mesh`.
+"""
+
+import importlib
+
+import jax
+import pytest
+
+from configs import common, dream_tiny
+from dream_jax import sharding, train
+
+
+@pytest.mark.parametrize("name", ["dream_b", "dream_l", "dream_h", "dream_g", "dream_tiny"])
+def test_shipped_configs_validate(name):
+    # Positive control: the errors below come from the bad value, not from a config that never validates.
+    train.validate_config(importlib.import_module(f"configs.{name}").get_config())
+
+
+@pytest.mark.parametrize("scale", ["X", "b", "XL", ""])
+def test_unknown_scale(scale):
+    with pytest.raises(ValueError, match=rf"unknown scale '{scale}'.*\['B', 'G', 'H', 'L'\]"):
+        common.scale_config(scale)
+    with pytest.raises(ValueError, match="unknown scale"):
+        common.get_base_config(scale)
+
+
+def _bad(path, value, base=dream_tiny.get_config):
+    config = base()
+    *parents, last = path.split(".")
+    target = config
+    for p in parents:
+        target = target[p]
+    target[last] = value
+    return config
+
+
+CASES = [
+    # (config path, bad value, a regex the message must match)
+    ("model.num_heads", 3, r"model\.width=128 is not divisible by model\.num_heads=3"),
+    ("model.width", 130, r"model\.width=130 is not divisible by model\.num_heads=4"),
+    ("model.text_tower.num_heads", 3, r"model\.text_tower\.width=64 is not divisible"),
+    ("masking.fixed_ratio", 1.5, r"masking\.fixed_ratio=1\.5 is outside \[0, 1\]"),
+    ("masking.fixed_ratio", -0.1, r"masking\.fixed_ratio=-0\.1 is outside \[0, 1\]"),
+    ("masking.min_ratio", -0.2, r"masking\.min_ratio=-0\.2 is outside \[0, 1\]"),
+    ("masking.max_ratio", 1.01, r"masking\.max_ratio=1\.01 is outside \[0, 1\]"),
+    ("masking.mu_end", 2.0, r"masking\.mu_end=2\.0 is outside \[0, 1\]"),
+    ("masking.std", 0.0, r"masking\.std=0\.0 must be > 0"),
+    ("masking.kind", "cosine", r"masking\.kind='cosine'"),
+    ("masking.num_groups", 0, r"masking\.num_groups=0 must be >= 1"),
+    ("masking.num_groups", 5, r"batch_size=64 is not divisible by masking\.num_groups=5"),
+    ("batch_size", 66, r"batch_size=66 is not divisible by masking\.num_groups=4"),
+    ("model.seq_len", 100, r"gives 64 tokens of dim 48, but model\.seq_len=100"),
+    ("model.token_dim", 16, r"gives 64 tokens of dim 48, but model\.seq_len=64 and model\.token_dim=16"),
+    ("tokenizer.patch_size", 8, r"gives 16 tokens of dim 192"),
+    ("tokenizer.image_size", 30, r"tokenizer \(pixels, image 30, patch 4\)"),
+    ("tokenizer.kind", "vae", r"tokenizer \(vae, image 32, patch 4\) gives 1 tokens of dim 64"),
+    ("tokenizer.kind", "jpeg", r"tokenizer\.kind='jpeg'"),
+    ("optim.schedule", "linear", r"optim\.schedule='linear'"),
+]
+
+
+@pytest.mark.parametrize("path, value, message", CASES, ids=[f"{p}={v}" for p, v, _ in CASES])
+def test_bad_value_raises_one_clear_error(path, value, message):
+    with pytest.raises(ValueError, match=message):
+        train.validate_config(_bad(path, value))
+
+
+def test_min_above_max_ratio():
+    config = _bad("masking.min_ratio", 0.8)
+    config.masking.max_ratio = 0.7
+    with pytest.raises(ValueError, match=r"masking\.min_ratio=0\.8 > max_ratio=0\.7"):
+        train.validate_config(config)
+
+
+def test_paper_scale_with_bad_tokenizer():
+    # The 256-token VAE layout of the paper scales: a 512-px image would give 1024 tokens.
+    with pytest.raises(ValueError, match=r"gives 1024 tokens of dim 16, but model\.seq_len=256"):
+        train.validate_config(_bad("tokenizer.image_size", 512, lambda: common.get_base_config("G")))
+
+
+@pytest.mark.parametrize("shape, devices, resolved", [
+    ((-1, 1, 1), 8, (8, 1, 1)),
+    ((2, -1, 2), 8, (2, 2, 2)),
+    ((1, 1, 1), 1, (1, 1, 1)),
+    ((2, 4, 1), 8, (2, 4, 1)),
+])
+def test_mesh_shape_resolves(shape, devices, resolved):
+    assert sharding.mesh_shape(shape, devices) == resolved
+
+
+@pytest.mark.parametrize("shape, devices, message", [
+    ((-1, -1, 1), 8, r"mesh\.shape=\(-1, -1, 1\) has more than one -1"),
+    ((3, -1, 1), 8, r"mesh\.shape=\(3, -1, 1\) does not divide 8 devices"),
+    ((2, 2, 1), 8, r"mesh\.shape=\(2, 2, 1\) needs 4 devices, 8 are present"),
+    ((4, 4, 1), 8, r"needs 16 devices, 8 are present"),
+    ((0, -1, 1), 8, r"mesh\.shape=\(0, -1, 1\): every entry must be a positive integer or -1"),
+    ((-2, -1, 1), 8, r"every entry must be a positive integer or -1"),
+    ((2.5, -1, 1), 8, r"every entry must be a positive integer or -1"),
+])
+def test_bad_mesh_shape(shape, devices, message):
+    with pytest.raises(ValueError, match=message):
+        sharding.mesh_shape(shape, devices)
+
+
+def test_mesh_shape_length_must_match_axes():
+    config = dream_tiny.get_config()
+    config.mesh.shape = (8, 1)
+    with pytest.raises(ValueError, match=r"mesh\.shape=\(8, 1\) has 2 entries but mesh\.axes=.* names 3"):
+        sharding.make_mesh(config, jax.devices()[:8])
+    config.mesh.shape = (2, -1, 2)
+    assert sharding.make_mesh(config, jax.devices()[:8]).shape == {"data": 2, "fsdp": 2, "tensor": 2}
