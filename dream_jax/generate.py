@@ -56,10 +56,12 @@ class Options:
 
 
 def options_from_config(config, **overrides):
+    """The config's sampling settings, with keyword overrides (e.g. num_candidates=1, sad_step=0 for plain)."""
     s = config.sampling
-    return Options(num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
+    opts = Options(num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                    sampling_steps=config.diffusion.sampling_steps, num_candidates=s.num_candidates,
-                   sad_step=s.sad_step, **overrides)
+                   sad_step=s.sad_step)
+    return dataclasses.replace(opts, **overrides)
 
 
 def mask_schedule(length, num_iter):

@@ -36,33 +36,62 @@ def _run(config, mode, workdir):
     if mode == "train":
         from dream_jax import train
 
-        train.train_and_evaluate(config, workdir)
+        try:
+            train.train_and_evaluate(config, workdir)
+        except train.NonFiniteError as e:  # not a usage error: exit 1, but one line, not a traceback
+            _fail(e, code=1)
     elif mode == "sample":
         from dream_jax import sample
 
         sample.sample_to_workdir(config, workdir, _PROMPTS.value, _NUM_SAMPLES.value, _SEED.value)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO; progress is printed
-    config = _CONFIG.value
+def _fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _one_line(error):
+    """The message of `error` on one line; for a config file that raised, its first and last lines."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        lines = [lines[0], lines[-1]]
+    return " ".join(lines) or type(error).__name__
+
+
+def _flag_error(error, argv):
+    if isinstance(error, (AttributeError, KeyError)):  # config_flags: an override names a field the config lacks
+        field = str(error).strip("\"' ")
+        names = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a.split("=")[0].split(".")]
+        return f"{names[0] if names else field}: the config has no field {field!r}"
+    return _one_line(error)
+
+
+def _parse_flags(argv):
+    """absl parsing, with every flag or config error as one line and exit code 2 instead of a traceback."""
     try:
-        _run(config, _MODE.value, _WORKDIR.value)
+        rest = flags.FLAGS(argv)
+        _CONFIG.value.get("seed")  # config_flags defers a file's load error to the first use; surface it here
+    except Exception as e:  # noqa: BLE001 - flags.Error, and the AttributeError / OSError of config_flags
+        _fail(_flag_error(e, argv))
+    if len(rest) > 1:
+        _fail(f"unexpected arguments: {' '.join(rest[1:])}")
+    return rest
+
+
+def main(argv):
+    del argv  # checked by _parse_flags
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO; progress is printed
+    try:
+        _run(_CONFIG.value, _MODE.value, _WORKDIR.value)
     except (UserError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(_one_line(e))
 
 
 def run():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     flags.mark_flag_as_required("config")
-    try:
-        app.run(main)
-    except flags.Error as e:  # e.g. an unknown --config.x override raised while parsing
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
