@@ -81,6 +81,52 @@ def make_tokenizers(config):
                      f"{t.cond_encoder!r}; expected words+tiny_t5 or clip_bpe+t5")
 
 
+def missing_files(config):
+    """What the config needs from disk and is absent: one line per problem, each saying what to get and where.
+
+    Checked before anything loads, so a run that lacks the data does not first spend minutes loading T5-Large.
+    """
+    from dream_jax import pretrained
+    from dream_jax.data import clip_tokenizer, pipeline, t5_tokenizer
+
+    problems = []
+
+    def need(name, path, files, source):
+        if not path:
+            problems.append(f"config.{name} is empty; pass --config.{name}=... {source}")
+        elif not os.path.isdir(path):
+            problems.append(f"config.{name}={path!r} is not a directory. {source}")
+        else:
+            for group in files:  # each group: alternatives, any one of which will do
+                if not any(os.path.isfile(os.path.join(path, f)) for f in group):
+                    problems.append(f"config.{name}={path!r} lacks {' or '.join(group)}. {source}")
+
+    if config.tokenizer.kind == "vae":
+        weights = pretrained.VAE_WEIGHTS
+        need("tokenizer.vae_path", config.tokenizer.vae_path, [["config.json"], [weights, weights + ".index.json"]],
+             pretrained._VAE_SOURCE)
+    t = config.text
+    if t.cond_encoder == "t5":
+        weights = pretrained.T5_WEIGHTS
+        need("text.t5_path", t.t5_path, [["config.json"], [weights, weights + ".index.json"], ["spiece.model"]],
+             pretrained._T5_SOURCE + " " + t5_tokenizer._SOURCE)
+    if t.clip_tokenizer == "clip_bpe" and not os.path.isfile(t.clip_vocab_path or ""):
+        what = "is empty; pass --config.text.clip_vocab_path=FILE" if not t.clip_vocab_path else "is not a file"
+        problems.append(f"config.text.clip_vocab_path={t.clip_vocab_path!r} {what}. {clip_tokenizer._SOURCE}")
+    try:
+        pipeline.check_data_path(config)
+    except FileNotFoundError as e:
+        problems.append(str(e))
+    return problems
+
+
+def check_files(config):
+    """One FileNotFoundError listing every missing pretrained file or data path of the config."""
+    problems = missing_files(config)
+    if problems:
+        raise FileNotFoundError("missing files (dream_jax never downloads):\n  - " + "\n  - ".join(problems))
+
+
 def tiny_t5_config(config):
     t = config.text.tiny_t5
     return t5_lib.T5Config(d_model=t.d_model, d_kv=t.d_kv, d_ff=t.d_ff, num_layers=t.num_layers,
@@ -124,25 +170,46 @@ def cond_features(config, frozen, ids, mask):
     return jax.lax.stop_gradient(out)
 
 
-def vae(config):
+def vae(config, dtype=None):
     """The frozen SD-VAE module of the config (its shape from the local directory's config.json)."""
     from dream_jax import pretrained
     from dream_jax.models import vae as vae_lib
 
-    return vae_lib.AutoencoderKL(pretrained.vae_config(config.tokenizer.vae_path), dtype=jnp.dtype(config.model.dtype))
+    dtype = jnp.dtype(config.model.dtype if dtype is None else dtype)
+    return vae_lib.AutoencoderKL(pretrained.vae_config(config.tokenizer.vae_path), dtype=dtype)
+
+
+def normalize(images):
+    """uint8 [..., 3] -> float32 in [-1, 1], the authors' Normalize(0.5, 0.5)."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
 
 
 def images_to_tokens(config, frozen, images, rng):
-    """uint8 images [B, H, W, 3] -> tokens [B, L, T]; the VAE path samples the posterior (as the authors)."""
-    x = images.astype(jnp.float32) / 127.5 - 1.0
+    """Pixels or cached posterior moments -> tokens [B, L, T].
+
+    `images` is uint8 [B, H, W, 3], or, from the latent cache (`data.source='latents'`), the VAE posterior
+    moments [B, h, w, 2 * latent channels] (mean then logvar, any float dtype). The VAE path samples the
+    posterior, as the authors do, so cached and uncached training see the same distribution of latents.
+    """
     tok = config.tokenizer
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        if tok.kind != "vae":
+            raise ValueError(f"cached VAE moments reached tokenizer.kind={tok.kind!r}; the latent cache needs 'vae'")
+        mean, logvar = jnp.split(images.astype(jnp.float32), 2, axis=-1)
+        return moments_to_tokens(config, mean, logvar, rng)
+    x = normalize(images)
     if tok.kind == "pixels":
         return patchify_lib.patchify(x, tok.patch_size)
+    mean, logvar = vae(config).apply(frozen["vae"], x, method="encode")
+    return moments_to_tokens(config, mean, logvar, rng)
+
+
+def moments_to_tokens(config, mean, logvar, rng):
+    """One posterior draw of the latent [B, h, w, c], scaled by latent_scale and patchified (no gradient)."""
     from dream_jax.models import vae as vae_lib
 
-    mean, logvar = vae(config).apply(frozen["vae"], x, method="encode")
-    latent = vae_lib.sample_posterior(rng, mean, logvar) * tok.latent_scale
-    return patchify_lib.patchify(jax.lax.stop_gradient(latent), tok.patch_size)
+    latent = vae_lib.sample_posterior(rng, mean, logvar) * config.tokenizer.latent_scale
+    return patchify_lib.patchify(jax.lax.stop_gradient(latent), config.tokenizer.patch_size)
 
 
 def tokens_to_images(config, frozen, tokens):

@@ -4,25 +4,58 @@ Each process reads its slice of the source (index `process_index::process_count`
 seed (reshuffled every epoch), tokenises captions on the host, and batches its share of the global batch; the
 train loop turns those into global arrays. The iterator's state is a few integers, saved beside the train state.
 
-Dimension letters: b per-process batch, H/W image size, C CLIP context, Lt cond length.
+Sources (`config.data.source`, with `config.data.path`):
+  - `shapes`: the embedded captioned-shapes set (no path);
+  - `webdataset`: img2dataset tar shards, `path` a glob (data/webdataset.py); bad samples are skipped and each
+    batch carries how many (`skipped_image`, `skipped_caption` per element; `skip_metrics` sums them);
+  - `latents`: a latent cache directory written by data/latent_cache.py; `image` then holds the VAE posterior
+    moments of the crop or its flip (float) instead of uint8 pixels.
+
+Dimension letters: b per-process batch, H/W image size, h/w latent size, C CLIP context, Lt cond length.
 """
 
 import dataclasses
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from dream_jax.data import synthetic
+from dream_jax.data import latent_cache, synthetic, webdataset
+
+SOURCES = ("shapes", "webdataset", "latents")
 
 
-def make_source(config, split):
+def _check_source(config, split):
+    d = config.data
+    if d.source not in SOURCES:
+        raise ValueError(f"data.source={d.source!r}; expected one of {SOURCES}")
+    if d.source != "shapes" and split != "train":
+        raise ValueError(f"data.source={d.source!r} has one split, 'train' (got {split!r}); point data.path at "
+                         "held-out shards to read them")
+
+
+def check_data_path(config):
+    """FileNotFoundError naming `config.data.path` when the source needs files that are not there."""
+    d = config.data
+    if d.source == "webdataset":
+        webdataset.shard_paths(d.path)
+    elif d.source == "latents":
+        latent_cache.cache_files(d.path)
+
+
+def make_source(config, split, process_index=0, process_count=1):
     """The random-access source the config names."""
+    _check_source(config, split)
     d = config.data
     if d.source == "shapes":
         return synthetic.CaptionedShapes(split=split, num_examples=d.num_examples, seed=d.shuffle_seed,
                                          image_size=config.tokenizer.image_size)
-    raise ValueError(f"data.source={d.source!r}; expected 'shapes'")
+    if d.source == "webdataset":
+        return webdataset.WebDatasetSource(webdataset.shard_paths(d.path), d.index_dir, process_index,
+                                           process_count)
+    latent_cache.check_matches(config, d.path)
+    return grain.sources.ArrayRecordDataSource(latent_cache.cache_files(d.path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +65,8 @@ class Tokenize(grain.transforms.Map):
     tokenizers: object
 
     def map(self, element):
+        if webdataset.SKIP in element:
+            return element
         caption = [element["caption"]]
         cond_ids, cond_mask = self.tokenizers.cond_ids(caption)
         out = {
@@ -53,14 +88,28 @@ def per_process_batch(config):
     return batch // count
 
 
-def make_dataset(config, tokenizers, split="train", process_index=None, process_count=None):
-    """An IterDataset of per-process batches (infinite for train)."""
+def make_dataset(config, tokenizers, split="train", process_index=None, process_count=None, num_epochs=None):
+    """An IterDataset of per-process batches (infinite unless `num_epochs`)."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    ds = grain.MapDataset.source(make_source(config, split))
-    ds = ds[process_index::process_count].seed(config.data.shuffle_seed).shuffle().repeat()
-    ds = ds.map(Tokenize(tokenizers)).batch(config.batch_size // process_count, drop_remainder=True)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, config.data.num_workers), prefetch_buffer_size=4))
-    if config.data.num_workers > 1:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    d = config.data
+    ds = grain.MapDataset.source(make_source(config, split, process_index, process_count))
+    ds = ds[process_index::process_count].seed(d.shuffle_seed).shuffle().repeat(num_epochs)
+    if d.source == "latents":
+        ds = ds.random_map(latent_cache.DecodeRecord())
+    else:
+        if d.source == "webdataset":
+            ds = ds.map(webdataset.Decode(config.tokenizer.image_size)).random_map(webdataset.RandomFlip())
+        ds = ds.map(Tokenize(tokenizers))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, d.num_workers), prefetch_buffer_size=4))
+    if d.source == "webdataset":
+        it = webdataset.CountSkipped(it)
+    it = it.batch(config.batch_size // process_count, drop_remainder=True)
+    if d.num_workers > 1:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
     return it
+
+
+def skip_metrics(batch):
+    """Bad samples skipped while reading this (global) batch, per reason; empty for sources that skip nothing."""
+    return {f"data_{k}": jnp.sum(batch[k]) for k in webdataset.COUNT_KEYS if k in batch}
