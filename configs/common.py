@@ -35,6 +35,42 @@ AXIS_RULES = (
 )
 
 
+# CLIP's prompt ensemble for zero-shot classification of natural images.
+CLIP_TEMPLATES = ("a photo of a {}.", "itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+                  "a photo of the large {}.", "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+
+# Every setting of every evaluator kind (dream_jax/evaluation, docs/EVALUATION.md). `config.evals` maps a name to
+# one kind's settings (`kind` defaults to the name), so one kind can run twice, e.g. on two datasets.
+# dataset: 'shapes' (the embedded synthetic set; task = its label) or a tfds name read as ArrayRecord from data_dir
+# ('' = tfds' default). num_* = 0: the whole split. A FID/alignment `prompts` and FID `reference` are 'shapes' or a
+# path (a text file with one prompt per line; a folder of real images).
+_SOURCE = dict(dataset="shapes", data_dir="", image_key="image", label_key="label", class_names_file="",
+               task="shape_color", seed=0, batch_size=256)
+EVAL_DEFAULTS = {
+    "zero_shot": dict(enabled=True, **_SOURCE, split="validation", num_images=0, templates=CLIP_TEMPLATES),
+    "linear_probe": dict(enabled=True, **_SOURCE, train_split="train", test_split="validation", num_train=0,
+                         num_test=0, pooling="buffer", lrs=(1e-3, 3e-3, 1e-2), l2s=(0.0, 1e-4, 1e-3), steps=2000,
+                         train_batch_size=1024, holdout=0.1),
+    "few_shot": dict(enabled=True, **_SOURCE, split="validation", num_images=0, pooling="buffer", ways=5, shots=5,
+                     queries=15, episodes=1000, method="ridge", ridge=1.0),
+    "fid": dict(enabled=True, inception_weights="", resize="tf1", prompts="", reference="", reference_stats="",
+                num_samples=50_000, num_reference=50_000, sad=True, batch_size=64, chunk=1024,
+                inception_score=True, seed=0),
+    "alignment": dict(enabled=True, prompts="", num_prompts=64, samples_per_prompt=1, modes=("sad", "plain"),
+                      seed=0),
+}
+
+
+def eval_settings(kind, **overrides):
+    """A full settings dict of an evaluator kind, with overrides (a misspelt one is a ValueError)."""
+    if kind not in EVAL_DEFAULTS:
+        raise ValueError(f"unknown evaluator kind {kind!r}; expected one of {sorted(EVAL_DEFAULTS)}")
+    unknown = sorted(set(overrides) - set(EVAL_DEFAULTS[kind]))
+    if unknown:
+        raise ValueError(f"evaluator {kind!r} has no settings {unknown}; expected some of {sorted(EVAL_DEFAULTS[kind])}")
+    return dict(EVAL_DEFAULTS[kind], kind=kind, **overrides)
+
+
 def scale_config(scale):
     """The `model` section's shape fields for a scale name."""
     if scale not in SCALES:
@@ -69,6 +105,8 @@ def get_base_config(scale="B"):
         text_tower=dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8),
     ))
 
+    # Local files only (docs/DATA.md says what to download, from where): a diffusers sd-vae-ft-ema directory, a
+    # transformers t5-large directory (with spiece.model) and OpenCLIP's bpe_simple_vocab_16e6.txt.gz.
     c.tokenizer = ml_collections.ConfigDict(dict(
         kind="vae",             # "vae" (SD KL-f8) or "pixels" (patchify RGB; the tiny config)
         image_size=256,
@@ -140,9 +178,26 @@ def get_base_config(scale="B"):
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
     c.axis_rules = AXIS_RULES
 
-    c.data = ml_collections.ConfigDict(dict(source="webdataset", path="", num_workers=8, shuffle_seed=0))
+    # source: shapes | webdataset | latents. path: for webdataset a glob of img2dataset tar shards (e.g.
+    # '/data/cc12m/*.tar'); for latents the directory `python -m dream_jax.data.latent_cache` wrote.
+    # index_dir: where the shard indexes are written ('' = beside the shards).
+    c.data = ml_collections.ConfigDict(dict(source="webdataset", path="", index_dir="", num_workers=8,
+                                            shuffle_seed=0))
 
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+
+    # --mode=eval and, every eval_every steps (0 = never), during training; docs/EVALUATION.md. FID and alignment
+    # need files the user provides: enable them with e.g. --config.evals.fid.enabled=True
+    # --config.evals.fid.inception_weights=PATH --config.evals.fid.prompts=PROMPTS.txt --config.evals.fid.reference=DIR
+    c.eval_every = 0
+    c.evals = ml_collections.ConfigDict(dict(
+        zero_shot=eval_settings("zero_shot", dataset="cifar100", split="test"),
+        linear_probe=eval_settings("linear_probe", dataset="imagenet2012", train_split="train",
+                                   test_split="validation"),
+        few_shot=eval_settings("few_shot", dataset="imagenet2012", split="validation"),
+        fid=eval_settings("fid", enabled=False),
+        alignment=eval_settings("alignment", enabled=False),
+    ))
     return c

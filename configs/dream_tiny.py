@@ -6,6 +6,8 @@ random-init T5 encoder with a fixed seed. The recipe (masking warmup, losses, ga
 with the epoch-based schedules compressed into `total_steps`.
 """
 
+import ml_collections
+
 from configs import common
 
 
@@ -36,4 +38,15 @@ def get_config():
     c.data.update(dict(source="shapes", num_workers=0, num_examples=100_000))
     c.log_every = 20
     c.checkpoint_every = 200
+    # Everything on the embedded synthetic set (labels: shape x colour, 28 classes); FID needs the user's Inception
+    # weights: --config.evals.fid.enabled=True --config.evals.fid.inception_weights=PATH.
+    c.evals = ml_collections.ConfigDict(dict(
+        zero_shot=common.eval_settings("zero_shot", split="heldout", num_images=512, batch_size=128),
+        linear_probe=common.eval_settings("linear_probe", test_split="heldout", num_train=2048, num_test=1024,
+                                          steps=300, batch_size=128, train_batch_size=256),
+        few_shot=common.eval_settings("few_shot", split="heldout", num_images=1024, batch_size=128),
+        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=64),
+        fid=common.eval_settings("fid", enabled=False, prompts="shapes", reference="shapes", num_samples=1000,
+                                 num_reference=1000),
+    ))
     return c

@@ -87,13 +87,13 @@ def missing_files(config):
     Checked before anything loads, so a run that lacks the data does not first spend minutes loading T5-Large.
     """
     from dream_jax import pretrained
-    from dream_jax.data import clip_tokenizer, pipeline, t5_tokenizer
+    from dream_jax.data import clip_tokenizer, pipeline
 
     problems = []
 
     def need(name, path, files, source):
         if not path:
-            problems.append(f"config.{name} is empty; pass --config.{name}=... {source}")
+            problems.append(f"config.{name} is empty; pass --config.{name}=DIR. {source}")
         elif not os.path.isdir(path):
             problems.append(f"config.{name}={path!r} is not a directory. {source}")
         else:
@@ -109,7 +109,7 @@ def missing_files(config):
     if t.cond_encoder == "t5":
         weights = pretrained.T5_WEIGHTS
         need("text.t5_path", t.t5_path, [["config.json"], [weights, weights + ".index.json"], ["spiece.model"]],
-             pretrained._T5_SOURCE + " " + t5_tokenizer._SOURCE)
+             pretrained._T5_SOURCE)
     if t.clip_tokenizer == "clip_bpe" and not os.path.isfile(t.clip_vocab_path or ""):
         what = "is empty; pass --config.text.clip_vocab_path=FILE" if not t.clip_vocab_path else "is not a file"
         problems.append(f"config.text.clip_vocab_path={t.clip_vocab_path!r} {what}. {clip_tokenizer._SOURCE}")

@@ -19,6 +19,25 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "sample: a text file with one prompt per line.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "sample: images per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
+_DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed", None, "Call jax.distributed.initialize() (multi-process / multi-host runs). Default: yes when "
+    "JAX_COORDINATOR_ADDRESS is set or the TPU / SLURM / Open MPI environment names several workers.")
+
+
+def _several_workers():
+    env = os.environ
+    return ("JAX_COORDINATOR_ADDRESS" in env or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+            or int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+
+
+def _maybe_initialize_distributed():
+    """jax.distributed from the environment; on CPU hosts the collectives go through gloo."""
+    enabled = _several_workers() if _DISTRIBUTED.value is None else _DISTRIBUTED.value
+    if enabled:
+        import jax
+
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize()
 
 
 class UserError(Exception):
@@ -82,6 +101,7 @@ def _parse_flags(argv):
 def main(argv):
     del argv  # checked by _parse_flags
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO; progress is printed
+    _maybe_initialize_distributed()
     try:
         _run(_CONFIG.value, _MODE.value, _WORKDIR.value)
     except (UserError, ValueError, FileNotFoundError) as e:

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
+from jax.experimental import multihost_utils
 
 from dream_jax import checkpoint as checkpoint_lib
 from dream_jax import frontend, losses, masking, sharding
@@ -117,14 +119,27 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so it can checkpoint and exit cleanly."""
+    """Turns SIGTERM into a flag the loop polls, so it can checkpoint and exit cleanly.
 
+    With several processes only some may receive the signal, so they agree (an all-gather of the flag) every
+    `check_every` steps and all stop at the same step.
+    """
+
+    multiprocess: bool = False
+    check_every: int = 1
     requested: bool = False
 
     def __call__(self, signum, frame):
         del frame
         logging.warning("signal %d received: checkpointing and stopping", signum)
         self.requested = True
+
+    def should_stop(self, step):
+        if not self.multiprocess:
+            return self.requested
+        if step % self.check_every:
+            return False
+        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
 
 def validate_config(config):
@@ -175,7 +190,7 @@ def train_and_evaluate(config, workdir):
     first = sharding.global_batch(next(data), mesh, config)
     step_fn = compile_step(config, mesh, frozen, first)
 
-    preemption = _Preemption()
+    preemption = _Preemption(multiprocess=jax.process_count() > 1, check_every=config.log_every)
     previous = signal.signal(signal.SIGTERM, preemption)
     progress = summary_lib.Progress(start, num_steps, config.batch_size)
     pending = []
@@ -185,12 +200,13 @@ def train_and_evaluate(config, workdir):
             state, metrics = step_fn(state, frozen, batch)
             pending.append(metrics)
             last = step == num_steps
-            if last or step % config.log_every == 0 or step % config.checkpoint_every == 0 or preemption.requested:
+            stop = preemption.should_stop(step)
+            if last or step % config.log_every == 0 or step % config.checkpoint_every == 0 or stop:
                 _flush(pending, step, writer, progress)
                 pending = []
-            if last or step % config.checkpoint_every == 0 or preemption.requested:
+            if last or step % config.checkpoint_every == 0 or stop:
                 manager.save(step, state, data)
-            if preemption.requested:
+            if stop:
                 break
             if not last:
                 batch = sharding.global_batch(next(data), mesh, config)
@@ -209,7 +225,9 @@ def _flush(pending, step, writer, progress):
             raise NonFiniteError(f"non-finite loss {m['loss']} / grad norm {m['grad_norm']} at step "
                                  f"{step - len(fetched) + offset + 1}; stopping without saving. The last good "
                                  "checkpoint is kept in the workdir.")
-    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    collection = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in fetched[0]})
+    merged = functools.reduce(lambda a, b: a.merge(b), [collection.single_from_model_output(**m) for m in fetched])
+    means = {k: float(v) for k, v in merged.compute().items()}
     means.update(progress.update(step))
     writer.scalars(step, means)
     if writer.enabled:

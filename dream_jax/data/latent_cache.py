@@ -174,8 +174,10 @@ def write_cache(config, output_dir, batch_size=64, moments_dtype="float16", num_
         raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}: the latent cache encodes with the VAE ('vae')")
     if np.dtype(moments_dtype) not in (np.float16, np.float32):
         raise ValueError(f"moments_dtype={moments_dtype!r}; expected float16 or float32")
-    frontend.check_files(config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references")
-                         else config) if config.data.source == "webdataset" else None
+    if config.data.source != "webdataset":
+        raise ValueError(f"data.source={config.data.source!r}: the latent cache reads webdataset shards "
+                         "(data.source='webdataset', data.path their glob)")
+    frontend.check_files(config)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     shards = webdataset.shard_paths(config.data.path)

@@ -44,9 +44,9 @@ COUNT_KEYS = tuple(f"skipped_{r}" for r in SKIP_REASONS)
 _SHARD_INDEX_SUFFIX = ".wdsidx.npy"
 _FIELDS = ("image", "txt", "json")
 _SOURCE = (
-    "Make CC12M webdataset shards by hand with img2dataset (https://github.com/rom1504/img2dataset, see its "
-    "dataset_examples/cc12m.md: --output_format webdataset --resize_mode no --encode_format jpg) and pass "
-    "--config.data.path='DIR/*.tar'; dream_jax never downloads."
+    "Make CC12M webdataset shards by hand with img2dataset (https://github.com/rom1504/img2dataset, "
+    "--output_format webdataset; docs/DATA.md has the command) and pass --config.data.path='DIR/*.tar'; "
+    "dream_jax never downloads."
 )
 
 

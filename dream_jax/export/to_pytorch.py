@@ -71,9 +71,12 @@ def export_checkpoint(config, params, ema_params, batch_stats, step, path):
     return path, tensors_path
 
 
-def export_to_workdir(config, workdir, export_path=None):
-    """`--mode=export`: the newest checkpoint of `workdir` -> `export_path` (default WORKDIR/export/...)."""
-    mesh = sharding.make_mesh(config)
+def export_to_workdir(config, workdir, export_path=None, mesh=None):
+    """`--mode=export`: the newest checkpoint of `workdir` -> `export_path` (default WORKDIR/export/...).
+
+    `mesh` (default: the config's over all devices) is where the checkpoint is restored.
+    """
+    mesh = sharding.make_mesh(config) if mesh is None else mesh
     manager = checkpoint_lib.Manager(workdir, config, read_only=True)
     if not manager.steps():
         raise FileNotFoundError(f"no checkpoint in {manager.directory}; train first (--mode=train)")
@@ -101,7 +104,7 @@ def load_file(path):
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = found.group(1) if found else str(e).strip().splitlines()[0]
         raise ValueError(f"refusing to load {path}: it pickles {what}, and only tensors, plain containers and "
                          "argparse.Namespace are allowed (weights_only=True)") from None
@@ -142,11 +145,12 @@ def import_checkpoint(config, path):
     return {"params": live["params"], "ema_params": averaged["params"], "batch_stats": live["batch_stats"]}
 
 
-def import_to_workdir(config, workdir, import_path):
+def import_to_workdir(config, workdir, import_path, mesh=None):
     """`--mode=import`: writes an orbax checkpoint at step 0 in `workdir` from an authors'-layout file.
 
     The optimiser state is fresh; train and sample then start from it like from any checkpoint. The data
     iterator is saved at its start when the config's data source can be built (training resumes with it).
+    `mesh` (default: the config's over all devices) is where the state is placed before saving.
     """
     manager = checkpoint_lib.Manager(workdir, config)
     try:
@@ -154,7 +158,7 @@ def import_to_workdir(config, workdir, import_path):
             raise ValueError(f"{manager.directory} already has checkpoints (steps {manager.steps()}); import into "
                              "a new --workdir")
         imported = import_checkpoint(config, import_path)
-        mesh = sharding.make_mesh(config)
+        mesh = sharding.make_mesh(config) if mesh is None else mesh
         shardings = state_lib.state_shardings(config, mesh)
         put = lambda tree, sh: jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), tree, sh)  # noqa: E731
         params = put(imported["params"], shardings.params)
