@@ -94,12 +94,16 @@ class _Context:
     orders: jax.Array      # [N, L + C], padded with L (an out-of-range position: writes are dropped)
 
 
-def _step(config, opts, ctx, rng, s, tokens, mask):
+def capacity(length, num_iter):
+    """The most tokens any step reveals."""
+    return int(np.max(-np.diff(mask_schedule(length, num_iter))))
+
+
+def _step(config, opts, ctx, rng, s, tokens, mask, capacity):
     """Decoding step s: reveals order[lens[s+1] : lens[s]] of every sequence. Returns (tokens, mask)."""
     model = DREAM(config.model)
     length = tokens.shape[1]
     lens = jnp.asarray(mask_schedule(length, opts.num_iter))
-    capacity = int(np.max(-np.diff(mask_schedule(length, opts.num_iter))))
     x, _ = model.apply(ctx.variables, tokens, mask, method=DREAM.encode)
     z = model.apply(ctx.variables, x, mask, ctx.text, method=DREAM.decode)
     positions = jax.lax.dynamic_slice_in_dim(ctx.orders, lens[s + 1], capacity, axis=1)  # [N, C]
@@ -136,7 +140,10 @@ def _step(config, opts, ctx, rng, s, tokens, mask):
 
 def _run_steps(config, opts, ctx, rng, first, last, tokens, mask):
     """Steps [first, last) in one fori_loop; step s draws from fold_in(rng, s)."""
-    body = lambda s, carry: _step(config, opts, ctx, jax.random.fold_in(rng, s), s, *carry)  # noqa: E731
+    # One capacity for all loops: the diffusion noise is drawn per slot, so plain decoding and SAD with K=1
+    # then draw identical numbers.
+    cap = capacity(tokens.shape[1], opts.num_iter)
+    body = lambda s, carry: _step(config, opts, ctx, jax.random.fold_in(rng, s), s, *carry, cap)  # noqa: E731
     return jax.lax.fori_loop(first, last, body, (tokens, mask))
 
 
@@ -162,13 +169,13 @@ def generate(config, opts, variables, frozen, clip_ids, cond_ids, cond_mask, rng
     m = config.model
     batch, k = clip_ids.shape[0], opts.num_candidates
     length = m.seq_len
-    capacity = int(np.max(-np.diff(mask_schedule(length, opts.num_iter))))
+    pad = capacity(length, opts.num_iter)
     cond = frontend.cond_features(config, frozen, cond_ids, cond_mask)
     text = model.apply(variables, cond, method=DREAM.align_text)
     empty = model.apply(variables, frozen["empty_cond"][None], method=DREAM.align_text)
     order_rng, steps_rng = jax.random.split(rng)
     orders = random_orders(order_rng, batch, length)
-    orders = jnp.concatenate([orders, jnp.full((batch, capacity), length, jnp.int32)], axis=1)
+    orders = jnp.concatenate([orders, jnp.full((batch, pad), length, jnp.int32)], axis=1)
 
     def context(n):
         return _Context(variables, _repeat(text, n), jnp.broadcast_to(empty, (batch * n,) + empty.shape[1:]),

@@ -93,7 +93,7 @@ def good_indices():
 
 def identify(image):
     """(sample index, flipped) of a decoded uint8 [H, W, 3] test image."""
-    index = int(round((float(image[..., 0].mean()) - 12) / 20))
+    index = round((float(image[..., 0].mean()) - 12) / 20)
     ramp = image[..., 1].astype(np.float32).mean(axis=0)
     return index, bool(ramp[0] > ramp[-1])
 

@@ -33,7 +33,8 @@ def _rows(markdown):
 
 def _shapes(cell):
     cell = re.sub(r"\([^)]*\)", "", cell)  # comments such as "(layout [in,out])" are not shapes
-    return [[d.strip().split("=")[0].strip() for d in s.split(",") if d.strip()] for s in re.findall(r"\[([^\]]*)\]", cell)]
+    # "S+Bf=320" names its value: the expression before "=" is what we evaluate.
+    return [[d.split("=")[0].strip() for d in s.split(",") if d.strip()] for s in re.findall(r"\[([^\]]*)\]", cell)]
 
 
 def _relative(base, rel):

@@ -105,7 +105,7 @@ def test_sad_choice_is_the_argmax_of_a_per_candidate_reference(setup):
     model = DREAM(config.model)
     order_rng, steps_rng = jax.random.split(jax.random.key(5))
     b, length = clip_ids.shape[0], config.model.seq_len
-    cap = int(np.max(-np.diff(generate.mask_schedule(length, opts.num_iter))))
+    cap = generate.capacity(length, opts.num_iter)
     orders = generate.random_orders(order_rng, b, length)
     orders = jnp.concatenate([orders, jnp.full((b, cap), length, jnp.int32)], axis=1)
     text = model.apply(variables, frontend.cond_features(fc, frozen, cond_ids, cond_mask), method=DREAM.align_text)

@@ -6,7 +6,6 @@ Dimension letters: B batch, h/w latent size, c latent channels.
 """
 
 import json
-import os
 
 import grain
 import jax
@@ -102,7 +101,7 @@ def test_writer_encodes_crop_and_flip_and_counts_bad_samples(files, cache):
 
 
 def test_training_reads_what_was_written(files, cache):
-    _, shards, vae_path = files
+    _, _, vae_path = files
     output, _ = cache
     records = _records(output)
     by_moments = {r["moments"][row].tobytes(): (r, row) for r in records for row in (0, 1)}
@@ -144,7 +143,7 @@ def test_one_training_step_through_the_real_vae(files):
 
 def test_cached_moments_become_tokens_as_pixels_do(files, cache):
     """The latents path of the train step: moments -> posterior draw -> patchified tokens, the VAE path's math."""
-    _, shards, vae_path = files
+    _, _, vae_path = files
     config = _config(cache[0], vae_path, data__source="latents")
     rs = np.random.RandomState(0)
     mean, logvar = rs.standard_normal((2, 2, 4, 4, 4)).astype(np.float32)

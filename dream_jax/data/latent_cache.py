@@ -255,8 +255,7 @@ def _write_shard(source, shard_id, target, encode, tokenizers, image_size, batch
 
 
 def _stem(path):
-    name = os.path.basename(path)
-    return name[: -len(".tar")] if name.endswith(".tar") else name
+    return os.path.basename(path).removesuffix(".tar")
 
 
 def _write_json(path, value):
@@ -294,7 +293,7 @@ def record_bytes(config, moments_dtype="float16", caption_chars=100, num_records
 def _main(argv):
     from absl import flags
 
-    FLAGS = flags.FLAGS  # noqa: N806
+    FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise SystemExit(f"error: unexpected arguments: {' '.join(argv[1:])}")
     try:

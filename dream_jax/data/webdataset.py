@@ -81,7 +81,7 @@ def scan_shard(path: str) -> np.ndarray:
     members: dict[str, dict[str, tuple[int, int]]] = {}
     try:
         with tarfile.open(path, "r:") as tar:
-            for info in _members(tar, path):
+            for info in _members(tar):
                 key, ext = split_name(info.name)
                 field = "image" if ext in IMAGE_EXTENSIONS else ext if ext in ("txt", "json") else None
                 if field is not None and field not in members.setdefault(key, {}):
@@ -100,8 +100,8 @@ def scan_shard(path: str) -> np.ndarray:
     return index
 
 
-def _members(tar, path):
-    """The file members of an open tar; a read error after the first member ends the listing (truncated shard)."""
+def _members(tar):
+    """The file members of an open tar; any read error (a truncated shard) is a tarfile.ReadError."""
     while True:
         try:
             info = tar.next()

@@ -172,7 +172,8 @@ def inception_score(logits, splits=10):
     scores = []
     for part in np.array_split(logp, splits):
         p = np.exp(part)
-        log_marginal = np.log(np.mean(p, axis=0, keepdims=True))
+        # log p(y) from the log-probabilities, so classes that every image rules out stay finite.
+        log_marginal = scipy.special.logsumexp(part, axis=0, keepdims=True) - np.log(part.shape[0])
         scores.append(np.exp(np.mean(np.sum(p * (part - log_marginal), axis=1))))
     return float(np.mean(scores)), float(np.std(scores))
 
@@ -193,15 +194,3 @@ def load_statistics(path, what="config.evals.fid.reference_stats"):
         if "mu" not in f.files or "sigma" not in f.files:
             raise ValueError(f"{what}={path!r} has {f.files}; expected arrays 'mu' and 'sigma'")
         return np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
-
-
-# ------------------------------------------------------------------------------------------------------ running
-def feature_statistics(variables, batches, resize="tf1", keep_logits=False):
-    """Runs Inception over an iterable of uint8 batches: ((mu, sigma), count, logits [N, K] or None)."""
-    acc, logits = GaussianStats(), []
-    for images in batches:
-        pool3, unbiased = inception_outputs(variables, jnp.asarray(images), resize)
-        acc.add(np.asarray(pool3))
-        if keep_logits:
-            logits.append(np.asarray(unbiased))
-    return acc.result(), acc.n, (np.concatenate(logits) if keep_logits else None)

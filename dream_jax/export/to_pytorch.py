@@ -76,6 +76,8 @@ def export_to_workdir(config, workdir, export_path=None, mesh=None):
 
     `mesh` (default: the config's over all devices) is where the checkpoint is restored.
     """
+    if jax.process_count() > 1:
+        raise ValueError("--mode=export gathers the weights on one host; run it as a single process")
     mesh = sharding.make_mesh(config) if mesh is None else mesh
     manager = checkpoint_lib.Manager(workdir, config, read_only=True)
     if not manager.steps():
@@ -90,7 +92,8 @@ def export_to_workdir(config, workdir, export_path=None, mesh=None):
 
 # ---------------------------------------------------------------------------------------------- import
 def load_file(path):
-    """A checkpoint file as a dict: `.safetensors` -> {'model': sd}; else torch.load with weights_only=True.
+    """A checkpoint file as a dict: `.safetensors` -> its state_dict as both 'model' and 'model_ema'; any other
+    file -> torch.load with weights_only=True.
 
     Only tensors, plain containers and argparse.Namespace (the authors' `args`) may be unpickled.
     """
@@ -99,7 +102,8 @@ def load_file(path):
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file as load_safetensors
 
-        return {"model": load_safetensors(path)}
+        state = load_safetensors(path)
+        return {"model": state, "model_ema": state}
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -108,6 +112,8 @@ def load_file(path):
         what = found.group(1) if found else str(e).strip().splitlines()[0]
         raise ValueError(f"refusing to load {path}: it pickles {what}, and only tensors, plain containers and "
                          "argparse.Namespace are allowed (weights_only=True)") from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, expected a dict (a state_dict or a checkpoint "
                          "with 'model' / 'model_ema')")

@@ -371,11 +371,13 @@ class DREAM(nn.Module):
     def __init__(self, *, width, encoder_depth, decoder_depth, num_heads, mlp_dim, seq_len=256, token_dim=16,
                  buffer_size=64, num_classes=1000, attn_dropout=0.1, proj_dropout=0.1, aligner_depth=6,
                  cond_dim=1024, cond_len=128, embed_dim=256, proj_hidden_dim=1024, diffloss_depth=3,
-                 diffloss_width=1024, text_tower=None, num_sampling_steps=100, diffusion_batch_mul=4, **unused):
+                 diffloss_width=1024, text_tower=None, num_sampling_steps=100, diffusion_batch_mul=4, scale=None,
+                 dtype=None, remat=None):
         super().__init__()
-        del unused  # dtype, remat, scale: JAX-side settings
-        t = {**dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8), **(text_tower or {})}
-        d, drop = width, dict(attn_drop=attn_dropout, proj_drop=proj_dropout)
+        del scale, dtype, remat  # JAX-side settings of the same config section; this model runs in float32
+        clip = {"vocab_size": 49408, "context_length": 77, "width": 512, "depth": 12, "num_heads": 8}
+        t = {**clip, **(text_tower or {})}
+        d, drop = width, {"attn_drop": attn_dropout, "proj_drop": proj_dropout}
         self.seq_len, self.token_dim, self.buffer_size = seq_len, token_dim, buffer_size
         self.diffusion_batch_mul = diffusion_batch_mul
         # Registration order decides the state_dict order; it follows the authors' DREAM.__init__.

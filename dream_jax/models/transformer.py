@@ -156,15 +156,8 @@ class Block(nn.Module):
         return constrain(x, ("batch", "length", "embed"))
 
 
-class CrossAttentionBlock(nn.Module):
+class CrossAttentionBlock(Block):
     """The decoder block: self-attention, cross-attention to the text, MLP, each pre-LN with a residual."""
-
-    num_heads: int
-    mlp_dim: int
-    attn_dropout: float = 0.0
-    proj_dropout: float = 0.0
-    eps: float = 1e-6
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, y, deterministic=True):
