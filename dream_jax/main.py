@@ -11,7 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "info")
+MODES = ("train", "sample", "info", "cache")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -63,6 +63,12 @@ def _run(config, mode, workdir):
         from dream_jax import sample
 
         sample.sample_to_workdir(config, workdir, _PROMPTS.value, _NUM_SAMPLES.value, _SEED.value)
+    elif mode == "cache":  # --workdir is the cache's output directory
+        import json
+
+        from dream_jax.data import latent_cache
+
+        print(json.dumps(latent_cache.write_cache(config, workdir)))
 
 
 def _fail(message, code=2):

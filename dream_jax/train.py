@@ -77,6 +77,7 @@ def loss_fn(params, batch_stats, config, frozen, batch, step):
         "mask_ratio_min": jnp.min(ratios),
         "mask_ratio_max": jnp.max(ratios),
         **gen_metrics,
+        **pipeline.skip_metrics(batch),
     }
     return total, (metrics, updates["batch_stats"])
 
@@ -168,6 +169,7 @@ def validate_config(config):
 def train_and_evaluate(config, workdir):
     """Trains (resuming from `workdir` if it has a checkpoint) until total_steps; returns the final state."""
     validate_config(config)
+    frontend.check_files(config)
     mesh = sharding.make_mesh(config)
     if config.batch_size % sharding.batch_divisor(mesh, config):
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the {sharding.batch_divisor(mesh, config)}"
