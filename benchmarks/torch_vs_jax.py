@@ -22,7 +22,6 @@ import torch
 
 from configs import dream_b, dream_tiny
 from dream_jax import frontend, masking, sharding, train
-from dream_jax import state as state_lib
 from dream_jax.data import pipeline
 from dream_jax.export import to_pytorch
 from dream_jax.export import torch_modules as tm
@@ -35,10 +34,10 @@ def _config(args):
     if args.config == "b":
         b = dream_b.get_config().model
         config.model.update({k: b[k] for k in b if k not in ("token_dim", "cond_dim", "text_tower")})
-        config.model.update(dict(token_dim=12, cond_dim=config.text.tiny_t5.d_model, attn_dropout=0.0,
-                                 proj_dropout=0.0))
+        config.model.update({"token_dim": 12, "cond_dim": config.text.tiny_t5.d_model, "attn_dropout": 0.0,
+                             "proj_dropout": 0.0})
         config.model.text_tower.update(b.text_tower)
-        config.tokenizer.update(dict(image_size=32, patch_size=2))
+        config.tokenizer.update({"image_size": 32, "patch_size": 2})
         config.batch_size = 64
     config.batch_size = args.batch_size or config.batch_size
     config.masking.num_groups = min(config.masking.num_groups, config.batch_size)

@@ -14,6 +14,19 @@ SCALES = {
     "G": (1664, 24, 24, 16, 8192),
 }
 
+# Parallelism per scale for the paper's global batch of 2048 on a TPU pod slice (docs/SCALING.md, made by
+# benchmarks/compile_table.py): FSDP over `fsdp` devices (params, grads and AdamW/EMA state split F ways, batch over
+# all devices), data parallel over the rest (-1), remat of every transformer block where activations would not fit
+# a 16 GiB v5e chip. F divides every `embed`-named width of its scale (G's 1664 = 13 x 128). The slice must have a
+# multiple of F chips; on fewer devices pass e.g. --config.mesh.shape='(-1,1,1)'. Tensor parallelism (`tensor`)
+# is only needed once the per-device batch would drop below 1 (more than 2048 chips).
+PARALLELISM = {
+    "B": dict(mesh=(-1, 8, 1), remat=False),
+    "L": dict(mesh=(-1, 16, 1), remat=False),
+    "H": dict(mesh=(-1, 16, 1), remat=True),
+    "G": dict(mesh=(-1, 32, 1), remat=True),
+}
+
 # One logical-axis-rules table for every mesh: the mesh shape alone picks DP, FSDP or TP.
 # Weights shard their `embed` axis over fsdp and heads / MLP hidden over tensor; the batch over data x fsdp.
 AXIS_RULES = (
@@ -101,7 +114,7 @@ def get_base_config(scale="B"):
         diffloss_depth=3,
         diffloss_width=1024,
         dtype="bfloat16",
-        remat=False,
+        remat=PARALLELISM[scale]["remat"],  # jax.checkpoint of every transformer block (memory for compute)
         text_tower=dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8),
     ))
 
@@ -175,8 +188,14 @@ def get_base_config(scale="B"):
         use_ema=True,
     ))
 
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), axes=("data", "fsdp", "tensor")))
+    c.mesh = ml_collections.ConfigDict(dict(shape=PARALLELISM[scale]["mesh"], axes=("data", "fsdp", "tensor")))
     c.axis_rules = AXIS_RULES
+    # Microbatches per step: the global batch is split into this many slices (each of whole mask groups), their
+    # gradients summed inside the jitted step; the update is the full batch's (contrastive negatives and BatchNorm
+    # statistics stay global; train.accumulated_grads). Divides masking.num_groups.
+    c.grad_accum_steps = 1
+    # --mode=compile: a TPU topology name libtpu knows (e.g. v5p:4x4x4, v5e:16x16, v4:2x4x4); docs/SCALING.md.
+    c.compile_topology = ""
 
     # source: shapes | webdataset | latents. path: for webdataset a glob of img2dataset tar shards (e.g.
     # '/data/cc12m/*.tar'); for latents the directory `python -m dream_jax.data.latent_cache` wrote.

@@ -43,30 +43,39 @@ def contrastive_loss(img_emb, txt_emb, logit_scale, valid):
     return loss, jnp.sum(correct * weight) / count
 
 
-def diffusion_targets(rng, tokens, z, mask, batch_mul, num_steps):
+def diffusion_draws(rng, num, token_dim, num_steps):
+    """t [N] int32 and noise [N, T] for N diffusion tokens, in the order diffusion_targets lays them out."""
+    t_rng, n_rng = jax.random.split(rng)
+    t = jax.random.randint(t_rng, (num,), 0, num_steps)
+    noise = jax.random.normal(n_rng, (num, token_dim), jnp.float32)
+    return t, noise
+
+
+def diffusion_targets(rng, tokens, z, mask, batch_mul, num_steps, draws=None):
     """Repeats tokens, conditions and masks `batch_mul` times and draws t and noise for each copy.
 
     Returns x0 [N, T], z [N, D], mask [N], t [N] int32, noise [N, T] (copies are the leading axis, so the
-    group of token n is recoverable from its row).
+    group of token n is recoverable from its row). `draws`: (t, noise) made beforehand (e.g. for the whole batch
+    by gradient accumulation, which slices them per microbatch); `rng` is then unused.
     """
     def repeat(a):  # [B, L, ...] -> [M * B * L, ...]
         flat = a.reshape((-1,) + a.shape[2:])
         return jnp.tile(flat, (batch_mul,) + (1,) * (flat.ndim - 1))
 
     x0, zz, mm = repeat(tokens), repeat(z), repeat(mask)
-    t_rng, n_rng = jax.random.split(rng)
-    t = jax.random.randint(t_rng, (x0.shape[0],), 0, num_steps)
-    noise = jax.random.normal(n_rng, x0.shape, jnp.float32)
+    t, noise = diffusion_draws(rng, x0.shape[0], x0.shape[1], num_steps) if draws is None else draws
     return x0.astype(jnp.float32), zz, mm, t, noise
 
 
-def diffusion_loss(denoise, constants, rng, tokens, z, mask, num_groups, batch_mul, min_masked):
+def diffusion_loss(denoise, constants, rng, tokens, z, mask, num_groups, batch_mul, min_masked, draws=None):
     """Masked, group-gated diffusion loss. tokens [B, L, T], z [B, L, D], mask [B, L] (True = masked).
 
     `denoise(x_t, t, z) -> [N, 2T]` is the diffusion head. Returns (loss, metrics) where metrics has the loss
-    averaged over active groups (the authors' logged value) and the fraction of active groups.
+    averaged over active groups (the authors' logged value) and the fraction of active groups. `draws`: see
+    diffusion_targets.
     """
-    x0, zz, mm, t, noise = diffusion_targets(rng, tokens, z, mask, batch_mul, constants["timestep_map"].shape[0])
+    x0, zz, mm, t, noise = diffusion_targets(rng, tokens, z, mask, batch_mul, constants["timestep_map"].shape[0],
+                                             draws)
     x_t = gaussian_diffusion.q_sample(constants, x0, t, noise)
     per_token = gaussian_diffusion.training_loss(constants, x0, x_t, t, noise, denoise(x_t, t, zz))
     # [M, G, B/G * L]: loss and mask per group, pooled over the batch_mul copies.

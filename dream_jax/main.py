@@ -11,7 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "info", "cache")
+MODES = ("train", "sample", "info", "cache", "export", "import")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -19,6 +19,10 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "sample: a text file with one prompt per line.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "sample: images per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
+_EXPORT_PATH = flags.DEFINE_string("export_path", None, "export: the .pth to write (default "
+                                   "WORKDIR/export/dream_step{S}.pth); the EMA .safetensors goes beside it.")
+_IMPORT_PATH = flags.DEFINE_string("import_path", None, "import: an authors'-layout .pth or .safetensors; "
+                                   "written into the new WORKDIR as step 0.")
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed", None, "Call jax.distributed.initialize() (multi-process / multi-host runs). Default: yes when "
     "JAX_COORDINATOR_ADDRESS is set or the TPU / SLURM / Open MPI environment names several workers.")
@@ -63,6 +67,17 @@ def _run(config, mode, workdir):
         from dream_jax import sample
 
         sample.sample_to_workdir(config, workdir, _PROMPTS.value, _NUM_SAMPLES.value, _SEED.value)
+    elif mode in ("export", "import"):
+        if mode == "import" and not _IMPORT_PATH.value:
+            raise UserError("--import_path=FILE is required for --mode=import")
+        try:
+            from dream_jax.export import to_pytorch
+        except ImportError as e:
+            raise UserError(f"--mode={mode} needs torch and safetensors: pip install -e '.[export]' ({e})") from e
+        if mode == "export":
+            to_pytorch.export_to_workdir(config, workdir, _EXPORT_PATH.value)
+        else:
+            to_pytorch.import_to_workdir(config, workdir, _IMPORT_PATH.value)
     elif mode == "cache":  # --workdir is the cache's output directory
         import json
 

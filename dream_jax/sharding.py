@@ -33,13 +33,25 @@ def mesh_shape(shape, num_devices):
 
 
 def make_mesh(config, devices=None):
-    """The (data, fsdp, tensor) mesh of the config over `devices` (default: all)."""
+    """The (data, fsdp, tensor) mesh of the config over `devices` (default: all).
+
+    On TPU the devices are laid out along the physical torus (mesh_utils), so each mesh axis is a ring of
+    neighbouring chips; elsewhere (and where the shape does not fit the torus) in process-then-id order.
+    """
     devices = jax.devices() if devices is None else devices
     if len(config.mesh.shape) != len(config.mesh.axes):
         raise ValueError(f"mesh.shape={tuple(config.mesh.shape)} has {len(config.mesh.shape)} entries but mesh.axes="
                          f"{tuple(config.mesh.axes)} names {len(config.mesh.axes)}")
     shape = mesh_shape(config.mesh.shape, len(devices))
-    return jax.sharding.Mesh(np.asarray(devices).reshape(shape), tuple(config.mesh.axes))
+    grid = np.asarray(devices).reshape(shape)
+    if devices[0].platform == "tpu":
+        from jax.experimental import mesh_utils
+
+        try:
+            grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        except (ValueError, NotImplementedError, AssertionError):
+            pass  # a shape the torus cannot host as rings: the plain order still runs, with slower collectives
+    return jax.sharding.Mesh(grid, tuple(config.mesh.axes))
 
 
 def rules(config):
@@ -50,6 +62,33 @@ def logical_shardings(abstract_boxed, mesh, config):
     """NamedShardings for a pytree whose leaves carry logical partitioning metadata (from jax.eval_shape)."""
     specs = nn.get_partition_spec(abstract_boxed)
     return nn.logical_to_mesh_sharding(specs, mesh, rules(config))
+
+
+# Frozen (T5 / VAE) leaves at least this large are split over `fsdp` like the trainable weights; the rest (norms,
+# biases, small convs) stay replicated. T5-Large's encoder is 1.3 GB in float32, too much to copy to every chip.
+FROZEN_SHARD_MIN_SIZE = 1 << 18
+
+
+def frozen_shardings(frozen, mesh):
+    """NamedShardings of the frozen pytree: big leaves split on their largest `fsdp`-divisible axis.
+
+    The frozen modules carry no logical names (they mirror third-party checkpoints), so the rule is by shape;
+    under jit XLA gathers each layer's weights where it runs, as for FSDP.
+    """
+    fsdp = mesh.shape.get("fsdp", 1)
+
+    def leaf_sharding(x):
+        shape = np.shape(x)
+        if fsdp == 1 or math.prod(shape) < FROZEN_SHARD_MIN_SIZE:
+            return replicated(mesh)
+        axes = [a for a in np.argsort(shape)[::-1] if shape[a] % fsdp == 0]
+        if not axes:
+            return replicated(mesh)
+        spec = [None] * len(shape)
+        spec[axes[0]] = "fsdp"
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(leaf_sharding, frozen)
 
 
 def batch_sharding(mesh, config, ndim=1):

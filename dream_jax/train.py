@@ -28,7 +28,7 @@ from dream_jax.state import (TrainState, abstract_state, create_state, learning_
                              state_shardings, total_steps)
 from dream_jax.data import pipeline
 from dream_jax.models import gaussian_diffusion
-from dream_jax.models.dream import DREAM
+from dream_jax.models.dream import DREAM, mean_pool
 
 
 # ---------------------------------------------------------------------------------------------------- loss
@@ -66,7 +66,12 @@ def loss_fn(params, batch_stats, config, frozen, batch, step):
         denoise, constants, rngs["diffusion"], tokens, z, mask, config.masking.num_groups,
         config.diffusion.batch_mul, config.loss.min_masked_for_gen)
     total = config.loss.gen_weight * gen_loss + config.loss.clip_weight * clip_loss
-    metrics = {
+    metrics = _metrics(total, gen_loss, gen_metrics, clip_loss, clip_acc, valid, logit_scale, ratios, batch)
+    return total, (metrics, updates["batch_stats"])
+
+
+def _metrics(total, gen_loss, gen_metrics, clip_loss, clip_acc, valid, logit_scale, ratios, batch):
+    return {
         "loss": total,
         "gen_loss": gen_loss,
         "clip_loss": clip_loss,
@@ -79,13 +84,111 @@ def loss_fn(params, batch_stats, config, frozen, batch, step):
         **gen_metrics,
         **pipeline.skip_metrics(batch),
     }
-    return total, (metrics, updates["batch_stats"])
+
+
+# ------------------------------------------------------------------------------------ gradient accumulation
+def _features(module, tokens, mask, clip_ids):
+    """Encoder output [b, P, D], its mean over kept positions [b, D] and the text embedding [b, E] of a slice."""
+    x, keep = module.encode(tokens, mask, deterministic=False)
+    return x, mean_pool(x, keep), module.text_embedding(clip_ids)
+
+
+def _pooled_and_text(module, tokens, mask, clip_ids):
+    return _features(module, tokens, mask, clip_ids)[1:]
+
+
+def _pooled_text_and_z(module, tokens, mask, clip_ids, cond):
+    x, pooled, txt = _features(module, tokens, mask, clip_ids)  # first, as in the first pass: same dropout draws
+    return pooled, txt, module.decode(x, mask, module.align_text(cond, False), False)
+
+
+def _slices(x, k, axis=0):
+    """[.., B, ..] -> [k, .., B/k, ..]: k contiguous slices of the batch axis, each spread over the batch shards."""
+    x = jnp.moveaxis(x.reshape(x.shape[:axis] + (k, x.shape[axis] // k) + x.shape[axis + 1:]), axis, 0)
+    names = [None] * x.ndim
+    names[axis + 1] = "batch"
+    return nn.with_logical_constraint(x, tuple(names))
+
+
+def accumulated_grads(params, batch_stats, config, frozen, batch, step):
+    """`jax.value_and_grad(loss_fn, has_aux=True)(...)`, computed over `config.grad_accum_steps` microbatches.
+
+    Inputs and every random draw (masks, caption drop, posterior, diffusion t and noise) are made once for the
+    whole batch, as loss_fn makes them, then cut into k contiguous slices of whole mask groups, so the diffusion
+    loss (a mean over groups) is the mean of the slices' losses. The contrastive loss couples the whole batch
+    (global negatives, BatchNorm statistics), so it runs GradCache-style: a first pass without gradients pools
+    each slice's encoder output and embeds its captions; projection, BatchNorm and InfoNCE then run on the whole
+    batch and give d loss / d features; the second pass backpropagates slice by slice through
+    features . stop_gradient(d loss / d features) beside the diffusion loss. The result is the big batch's up to
+    float rounding, except that dropout masks are drawn per slice (the same in both passes). Costs one more
+    forward of the encoder and text tower; activation memory is that of one slice.
+    """
+    k, c = config.grad_accum_steps, config.loss
+    model = DREAM(config.model)
+    rngs = step_rngs(config, step)
+    tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step)
+    size, length = mask.shape
+    copies, groups = config.diffusion.batch_mul, config.masking.num_groups // k
+    constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps).constants()
+    t, noise = losses.diffusion_draws(rngs["diffusion"], copies * size * length, tokens.shape[-1],
+                                      constants["timestep_map"].shape[0])
+    t = _slices(t.reshape(copies, size, length), k, axis=1)
+    noise = _slices(noise.reshape(copies, size, length, -1), k, axis=1)
+    inputs = tuple(_slices(x, k) for x in (tokens, mask, batch["clip_ids"], cond))
+    dropout = jax.vmap(lambda j: jax.random.fold_in(rngs["dropout"], j))(jnp.arange(k))
+    variables = {"params": params, "batch_stats": batch_stats}
+
+    def first_pass(_, xs):
+        rng, tok, msk, ids, _ = xs
+        return None, model.apply(variables, tok, msk, ids, method=_pooled_and_text, rngs={"dropout": rng})
+
+    _, (pooled, txt) = jax.lax.scan(first_pass, None, (dropout, *inputs))
+    pooled, txt = pooled.reshape(size, -1), txt.reshape(size, -1)  # contiguous slices: the batch's order
+    valid = 1.0 - jnp.mean(mask.astype(jnp.float32), axis=-1) >= c.min_visible_for_clip
+
+    def contrastive(params, pooled, txt):
+        img, updates = model.apply({"params": params, "batch_stats": batch_stats}, pooled, True,
+                                   method=lambda m, h, train: m.image_projection(h, train), mutable=["batch_stats"])
+        loss, acc = losses.contrastive_loss(img, txt, params["logit_scale"], valid)
+        return loss, (acc, updates["batch_stats"])
+
+    (clip_loss, (clip_acc, new_stats)), (clip_grads, d_pooled, d_txt) = jax.value_and_grad(
+        contrastive, argnums=(0, 1, 2), has_aux=True)(params, pooled, txt)
+
+    def slice_loss(params, rng, tok, msk, ids, cnd, dp, dt, tt, nz):
+        pooled, txt, z = model.apply({"params": params, "batch_stats": batch_stats}, tok, msk, ids, cnd,
+                                     method=_pooled_text_and_z, rngs={"dropout": rng})
+        denoise = lambda x, t_, zz: model.apply({"params": params}, x, t_, zz, method=DREAM.denoise)  # noqa: E731
+        gen, gen_metrics = losses.diffusion_loss(denoise, constants, None, tok, z, msk, groups, copies,
+                                                 c.min_masked_for_gen, draws=(tt.reshape(-1), nz.reshape(-1, nz.shape[-1])))
+        surrogate = jnp.sum(pooled * dp) + jnp.sum(txt.astype(jnp.float32) * dt)
+        return c.gen_weight * gen / k + c.clip_weight * surrogate, (gen, gen_metrics)
+
+    def second_pass(total, xs):
+        (_, aux), grads = jax.value_and_grad(slice_loss, has_aux=True)(params, *xs)
+        return jax.tree.map(jnp.add, total, grads), aux
+
+    grads, (gen, gen_metrics) = jax.lax.scan(
+        second_pass, jax.tree.map(jnp.zeros_like, params),
+        (dropout, *inputs, _slices(d_pooled, k), _slices(d_txt, k), t, noise))
+    grads = jax.tree.map(lambda g, cg: g + c.clip_weight * cg, grads, clip_grads)
+    active = gen_metrics["gen_active_frac"] * groups  # active groups per slice
+    gen_metrics = {
+        "gen_loss_active": jnp.sum(gen_metrics["gen_loss_active"] * jnp.maximum(active, 1.0))
+        / jnp.maximum(jnp.sum(active), 1.0),
+        "gen_active_frac": jnp.mean(gen_metrics["gen_active_frac"]),
+    }
+    gen_loss = jnp.mean(gen)
+    total = c.gen_weight * gen_loss + c.clip_weight * clip_loss
+    metrics = _metrics(total, gen_loss, gen_metrics, clip_loss, clip_acc, valid, params["logit_scale"], ratios,
+                       batch)
+    return (total, (metrics, new_stats)), grads
 
 
 # --------------------------------------------------------------------------------------------- update step
 def train_step(config, state, frozen, batch):
     """One optimiser step: grads, AdamW, EMA; returns (new state, metrics)."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True) if config.grad_accum_steps == 1 else accumulated_grads
     (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, config, frozen, batch, state.step)
     tx = make_optimizer(config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -98,13 +201,22 @@ def train_step(config, state, frozen, batch):
     return TrainState(state.step + 1, params, batch_stats, opt_state, ema), metrics
 
 
-def compile_step(config, mesh, frozen, example_batch):
-    """The jitted step with explicit in/out shardings; the state buffer is donated."""
+def jit_step(config, mesh, frozen, example_batch):
+    """train_step under jax.jit with explicit in/out shardings (the state buffer donated); not yet traced.
+
+    `frozen` and `example_batch` may be arrays or ShapeDtypeStructs (--mode=compile lowers it without weights).
+    Call or lower it inside `jax.set_mesh(mesh)` and the config's logical-axis rules.
+    """
     state_sh = state_shardings(config, mesh)
-    frozen_sh = jax.tree.map(lambda _: sharding.replicated(mesh), frozen)
+    frozen_sh = sharding.frozen_shardings(frozen, mesh)
     batch_sh = jax.tree.map(lambda x: sharding.batch_sharding(mesh, config, np.ndim(x)), example_batch)
-    step = jax.jit(functools.partial(train_step, config), in_shardings=(state_sh, frozen_sh, batch_sh),
+    return jax.jit(functools.partial(train_step, config), in_shardings=(state_sh, frozen_sh, batch_sh),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def compile_step(config, mesh, frozen, example_batch):
+    """The jitted step (jit_step), called inside the mesh and the logical-axis rules."""
+    step = jit_step(config, mesh, frozen, example_batch)
 
     def run(state, frozen, batch):
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
@@ -151,6 +263,9 @@ def validate_config(config):
         raise ValueError(f"model.width={m.width} is not divisible by model.num_heads={m.num_heads}")
     if m.text_tower.width % m.text_tower.num_heads:
         raise ValueError(f"model.text_tower.width={m.text_tower.width} is not divisible by its num_heads")
+    if config.grad_accum_steps < 1 or config.masking.num_groups % config.grad_accum_steps:
+        raise ValueError(f"grad_accum_steps={config.grad_accum_steps} must be >= 1 and divide masking.num_groups="
+                         f"{config.masking.num_groups} (each microbatch holds whole mask groups)")
     if config.batch_size % config.masking.num_groups:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by masking.num_groups="
                          f"{config.masking.num_groups}")
@@ -166,16 +281,23 @@ def validate_config(config):
     learning_rate(config)
 
 
+def check_batch(config, mesh):
+    """ValueError unless every microbatch (the batch / grad_accum_steps) splits evenly over the batch shards."""
+    shards, k = sharding.batch_divisor(mesh, config), config.grad_accum_steps
+    if config.batch_size % (shards * k):
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the {shards} batch shards of mesh.shape"
+                         + (f" x grad_accum_steps={k}" if k > 1 else ""))
+
+
 def train_and_evaluate(config, workdir):
     """Trains (resuming from `workdir` if it has a checkpoint) until total_steps; returns the final state."""
     validate_config(config)
     frontend.check_files(config)
     mesh = sharding.make_mesh(config)
-    if config.batch_size % sharding.batch_divisor(mesh, config):
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the {sharding.batch_divisor(mesh, config)}"
-                         " batch shards of mesh.shape")
+    check_batch(config, mesh)
     tokenizers = frontend.make_tokenizers(config)
-    frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+    frozen = frontend.load_frozen(config, tokenizers)
+    frozen = jax.device_put(frozen, sharding.frozen_shardings(frozen, mesh))
     data = iter(pipeline.make_dataset(config, tokenizers))
 
     manager = checkpoint_lib.Manager(workdir, config)

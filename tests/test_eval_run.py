@@ -10,7 +10,6 @@ import pytest
 
 import train_helpers as th
 from configs import common
-from dream_jax import train
 from dream_jax.evaluation import run
 
 STEPS = 20
@@ -37,11 +36,15 @@ def _config(**extra):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("eval_run"))
-    config = _config()
-    train.train_and_evaluate(config, workdir)
-    return config, workdir
+def trained(pytestconfig, tmp_path_factory):
+    """A workdir trained for STEPS steps by `python -m dream_jax.main` on one device; the train step is the one
+    tests/test_train_loop.py compiles, so the two share the persistent compilation cache."""
+    env = th.subprocess_env(pytestconfig.cache.mkdir("jax_compilation_cache"))
+    workdir = tmp_path_factory.mktemp("eval_run") / "run"
+    code, out = th.run(th.main_args(workdir, total_steps=STEPS, checkpoint_every=STEPS), env,
+                       workdir.parent / "log.txt")
+    assert code == 0, out
+    return _config(), str(workdir)
 
 
 EXPECTED = {

@@ -14,7 +14,9 @@ Dimension letters: B batch, L image tokens, T token dim, Bf buffer, V visible to
 W CLIP width, Lt/Dt cond length/width, E embedding dim, N diffusion tokens.
 """
 
+import inspect
 import math
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -415,7 +417,12 @@ class DREAM(nn.Module):
     @classmethod
     def from_args(cls, args):
         """The model of an exported file's `args` (the whole dream_jax config as a plain dict)."""
-        return cls(**args["model"], num_sampling_steps=args["diffusion"]["sampling_steps"],
+        known = inspect.signature(cls.__init__).parameters
+        unknown = sorted(k for k in args["model"] if k not in known)
+        if unknown:  # a newer config's settings; strict loading still catches any shape they would change
+            warnings.warn(f"ignoring model settings this PyTorch DREAM does not know: {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in args["model"].items() if k in known},
+                   num_sampling_steps=args["diffusion"]["sampling_steps"],
                    diffusion_batch_mul=args["diffusion"]["batch_mul"])
 
     def _init_weights(self):
