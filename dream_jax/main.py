@@ -11,7 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "info", "cache", "export", "import")
+MODES = ("train", "sample", "eval", "info", "cache", "export", "import")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -67,6 +67,10 @@ def _run(config, mode, workdir):
         from dream_jax import sample
 
         sample.sample_to_workdir(config, workdir, _PROMPTS.value, _NUM_SAMPLES.value, _SEED.value)
+    elif mode == "eval":
+        from dream_jax.evaluation import run as eval_run
+
+        eval_run.evaluate_workdir(config, workdir)
     elif mode in ("export", "import"):
         if mode == "import" and not _IMPORT_PATH.value:
             raise UserError("--import_path=FILE is required for --mode=import")

@@ -24,14 +24,18 @@ class Writer:
         if enabled:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(workdir, exist_ok=True)
             path = os.path.join(workdir, "metrics.jsonl")
             purge_step = None
-            if resume_step is not None:
-                _drop_records_after(path, resume_step)
-                purge_step = resume_step + 1
+            if _is_remote(workdir):  # gs://: tensorboardX writes it itself (google-cloud-storage, the gcs extra)
+                self._jsonl = _RemoteLines(path, resume_step)
+                purge_step = None if resume_step is None else resume_step + 1
+            else:
+                os.makedirs(workdir, exist_ok=True)
+                if resume_step is not None:
+                    _drop_records_after(path, resume_step)
+                    purge_step = resume_step + 1
+                self._jsonl = open(path, "a")
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
-            self._jsonl = open(path, "a")
 
     def scalars(self, step, values):
         if not self.enabled:
@@ -44,13 +48,40 @@ class Writer:
 
     def write_config(self, config):
         if self.enabled:
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
+            from etils import epath
+
+            epath.Path(self.workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
 
     def close(self):
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+def _is_remote(path):
+    return "://" in str(path)
+
+
+class _RemoteLines:
+    """The JSONL log in object storage (no appends there): kept in memory and rewritten whole at each flush."""
+
+    def __init__(self, path, resume_step):
+        from etils import epath
+
+        self._path = epath.Path(path)
+        lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+        if resume_step is not None:
+            lines = [line.rstrip("\n") + "\n" for line in lines if line.strip() and _record_step(line) <= resume_step]
+        self._lines = lines
+
+    def write(self, text):
+        self._lines.append(text)
+
+    def flush(self):
+        self._path.write_text("".join(self._lines))
+
+    def close(self):
+        self.flush()
 
 
 def _drop_records_after(path, step):

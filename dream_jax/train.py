@@ -27,6 +27,7 @@ from dream_jax import summary as summary_lib
 from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
                              state_shardings, total_steps)
 from dream_jax.data import pipeline
+from dream_jax.evaluation import run as eval_run
 from dream_jax.models import gaussian_diffusion
 from dream_jax.models.dream import DREAM, mean_pool
 
@@ -293,6 +294,8 @@ def train_and_evaluate(config, workdir):
     """Trains (resuming from `workdir` if it has a checkpoint) until total_steps; returns the final state."""
     validate_config(config)
     frontend.check_files(config)
+    if config.get("eval_every", 0):
+        eval_run.validate(config)  # a missing eval dataset or weights file fails now, not hours in
     mesh = sharding.make_mesh(config)
     check_batch(config, mesh)
     tokenizers = frontend.make_tokenizers(config)
@@ -332,6 +335,7 @@ def train_and_evaluate(config, workdir):
                 manager.save(step, state, data)
             if stop:
                 break
+            eval_run.maybe_evaluate(config, workdir, step, state, mesh, frozen, tokenizers)
             if not last:
                 batch = sharding.global_batch(next(data), mesh, config)
     finally:

@@ -1,16 +1,22 @@
-"""`evaluate_workdir` (the `--mode=eval` job) on a tiny model trained here for 20 steps: every configured metric
+"""`evaluate_workdir` (the `--mode=eval` job) on a workdir of the shrunken tiny config: every configured metric
 reaches WORKDIR/eval/<step>.json, TensorBoard and the JSONL log; what a configured evaluator lacks (weights file,
-dataset, a setting) is named before anything is restored."""
+dataset, a setting) is named before anything is restored; `maybe_evaluate` is the train loop's periodic hook."""
 
 import json
 import os
+import subprocess
+import sys
 
+import jax
 import ml_collections
 import pytest
 
 import train_helpers as th
 from configs import common
+from dream_jax import checkpoint, frontend, main, sharding, state
 from dream_jax.evaluation import run
+
+pytestmark = pytest.mark.xdist_group("eval_run")  # one worker trains the module's workdir once
 
 STEPS = 20
 
@@ -36,15 +42,20 @@ def _config(**extra):
 
 
 @pytest.fixture(scope="module")
-def trained(pytestconfig, tmp_path_factory):
-    """A workdir trained for STEPS steps by `python -m dream_jax.main` on one device; the train step is the one
-    tests/test_train_loop.py compiles, so the two share the persistent compilation cache."""
-    env = th.subprocess_env(pytestconfig.cache.mkdir("jax_compilation_cache"))
-    workdir = tmp_path_factory.mktemp("eval_run") / "run"
-    code, out = th.run(th.main_args(workdir, total_steps=STEPS, checkpoint_every=STEPS), env,
-                       workdir.parent / "log.txt")
-    assert code == 0, out
-    return _config(), str(workdir)
+def trained(tmp_path_factory):
+    """A workdir holding a checkpoint at step STEPS, as a run of the shrunken tiny config leaves it.
+
+    The state is the initial one saved directly: compiling the train step would cost this file half its time
+    budget, the evaluators do not care whether the weights learned (test_learning.py checks that they do), and
+    tests/test_train_loop.py covers the workdirs that training writes.
+    """
+    workdir = str(tmp_path_factory.mktemp("eval_run") / "run")
+    config = _config()
+    st = state.create_state(config, sharding.make_mesh(config, jax.devices()[:1]))  # restored onto 8 below
+    manager = checkpoint.Manager(workdir, config)
+    manager.save(STEPS, st.replace(step=st.step + STEPS))
+    manager.close()
+    return config, workdir
 
 
 EXPECTED = {
@@ -96,7 +107,8 @@ def test_evaluate_workdir_writes_every_configured_metric(trained, capsys):
     (dict(probe=common.eval_settings("linear_probe", dataset="cifar10", data_dir="DATA_DIR")),
      "config.evals.probe.dataset='cifar10' split 'train' is not prepared as ArrayRecord: prepare it once with "
      "`tfds build cifar10 --file_format=array_record --data_dir=DATA_DIR`"),
-    (dict(zero_shot=dict(dataset="shapes", num_imagez=3)), "config.evals.zero_shot has unknown settings ['num_imagez']"),
+    (dict(zero_shot=dict(dataset="shapes", num_imagez=3)),
+     "config.evals.zero_shot has unknown settings ['num_imagez']"),
     (dict(mystery=dict(dataset="shapes")), "config.evals.mystery: unknown evaluator kind 'mystery'"),
     (dict(align=common.eval_settings("alignment", prompts="/no/prompts.txt")),
      "config.evals.align.prompts='/no/prompts.txt' does not exist"),
@@ -116,9 +128,54 @@ def test_missing_inputs_are_named_before_restoring(evals, message, tmp_path):
     assert not (tmp_path / "empty_workdir").exists()
 
 
-def test_periodic_evaluation_runs_every_n_steps():
+def test_periodic_evaluation_runs_every_n_steps(trained):
+    _, workdir = trained
     config = _config()
+    config.evals = ml_collections.ConfigDict({"zero_shot": _small_evals()["zero_shot"]})
+    mesh = sharding.make_mesh(config)
+    manager = checkpoint.Manager(workdir, config, read_only=True)
+    st = manager.restore(STEPS, state.abstract_state(config, mesh))
+    manager.close()
+    tokenizers = frontend.make_tokenizers(config)
+    frozen = frontend.load_frozen(config, tokenizers)
     config.eval_every = 0
-    assert run.maybe_evaluate(config, "unused", 10, None, None, None, None) is None
-    config.eval_every = 4
-    assert run.maybe_evaluate(config, "unused", 10, None, None, None, None) is None
+    assert run.maybe_evaluate(config, workdir, STEPS, st, mesh, frozen, tokenizers) is None
+    config.eval_every = 8
+    assert run.maybe_evaluate(config, workdir, STEPS, st, mesh, frozen, tokenizers) is None
+    config.eval_every = 10
+    metrics = run.maybe_evaluate(config, workdir, STEPS, st, mesh, frozen, tokenizers)
+    assert set(metrics) == {"zero_shot/top1", "zero_shot/top5", "zero_shot/chance"}
+    # EMA weights by default, as --mode=eval: the same number from the in-memory state and from the checkpoint.
+    variables = {"params": st.ema_params, "batch_stats": st.batch_stats}
+    direct = run.evaluate_variables(config, workdir, variables, STEPS, mesh, frozen, tokenizers)
+    assert direct == metrics
+
+
+_NO_EVAL_MODE = pytest.mark.skipif("eval" not in main.MODES, reason="dream_jax.main has no --mode=eval yet")
+_ONLY_ZERO_SHOT = ["--config.evals.zero_shot.num_images=32", "--config.evals.zero_shot.batch_size=32",
+                   "--config.evals.linear_probe.enabled=False", "--config.evals.few_shot.enabled=False",
+                   "--config.evals.alignment.enabled=False"]
+
+
+@_NO_EVAL_MODE
+def test_main_eval_mode_writes_the_json(trained, pytestconfig):
+    _, workdir = trained
+    env = th.subprocess_env(pytestconfig.cache.mkdir("jax_compilation_cache"))
+    args = th.main_args(workdir) + ["--mode=eval"] + _ONLY_ZERO_SHOT
+    proc = subprocess.run([sys.executable, "-m", "dream_jax.main", *args], cwd=th.REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.load(open(os.path.join(workdir, "eval", f"{STEPS}.json")))
+    assert set(record["metrics"]) == {"zero_shot/top1", "zero_shot/top5", "zero_shot/chance"}
+    assert "zero_shot/top1" in proc.stdout
+
+
+@_NO_EVAL_MODE
+def test_main_eval_mode_names_the_missing_weights_in_one_line(tmp_path):
+    args = th.main_args(tmp_path / "run") + ["--mode=eval", "--config.evals.fid.enabled=True",
+                                             "--config.evals.fid.inception_weights=/no/such.pth"]
+    proc = subprocess.run([sys.executable, "-m", "dream_jax.main", *args], cwd=th.REPO, capture_output=True,
+                          text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: config.evals.fid.inception_weights='/no/such.pth' does not exist")

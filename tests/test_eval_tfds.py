@@ -5,6 +5,7 @@ dataset's feature spec (its default policy uses the code, not files, so nothing 
 """
 
 import importlib.util
+import os
 
 import ml_collections
 import numpy as np
@@ -82,3 +83,29 @@ def test_image_folder_reads_and_crops(tmp_path):
     assert len(folder) == 3 and folder[2]["image"].shape == (16, 16, 3) and folder[2]["image"][0, 0, 0] == 100
     with pytest.raises(FileNotFoundError, match="config.evals.fid.reference"):
         eval_sources.ImageFolder(str(tmp_path / "nope"), 16, what="config.evals.fid.reference")
+
+
+def test_zero_shot_and_linear_probe_run_on_a_tfds_dataset(tmp_path):
+    """The evaluators' tfds path end to end on a random-init tiny DREAM (one device, mock dtd at 32 px)."""
+    import jax
+
+    import train_helpers as th
+    from dream_jax import frontend, sharding, state
+    from dream_jax.evaluation import run
+
+    config = th.tiny_config()
+    mesh = sharding.make_mesh(config, jax.devices()[:1])
+    st = state.create_state(config, mesh)
+    tokenizers = frontend.make_tokenizers(config)
+    ctx = run.Context(config, str(tmp_path), mesh, {"params": st.params, "batch_stats": st.batch_stats},
+                      frontend.load_frozen(config, tokenizers), tokenizers, 0, True, lambda _: None)
+    zs = ml_collections.ConfigDict(common.eval_settings("zero_shot", dataset="dtd", split="test", batch_size=16))
+    lp = ml_collections.ConfigDict(common.eval_settings("linear_probe", dataset="dtd", train_split="train",
+                                                        test_split="test", steps=20, batch_size=16))
+    with tfds.testing.mock_data(num_examples=24):
+        zero = run._zero_shot(ctx, "zs", zs)
+        probe = run._linear_probe(ctx, "lp", lp)
+    assert set(zero) == {"top1", "top5", "chance"} and zero["chance"] == 1 / 47 and 0 <= zero["top1"] <= 1
+    assert 0 <= probe["top1"] <= 1 and probe["chance"] == 1 / 47
+    cached = sorted(os.listdir(tmp_path / "eval" / "features" / "step0_ema"))
+    assert cached == ["dtd_test_24_32_buffer.npz", "dtd_train_24_32_buffer.npz"]

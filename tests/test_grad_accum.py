@@ -43,8 +43,7 @@ def _run(accum, shape=(1, 1, 1)):
     return jax.device_get((loss, metrics, stats, grads))
 
 
-@pytest.mark.parametrize("accum,shape", [(2, (1, 1, 1)), (4, (1, 1, 1)), (2, (2, 2, 2))],
-                         ids=["2-slices", "4-slices", "2-slices-on-2x2x2"])
+@pytest.mark.parametrize("accum,shape", [(4, (1, 1, 1)), (2, (2, 2, 2))], ids=["4-slices", "2-slices-on-2x2x2"])
 def test_accumulated_equals_big_batch(accum, shape):
     loss0, metrics0, stats0, grads0 = _run(1)
     loss, metrics, stats, grads = _run(accum, shape)
@@ -59,13 +58,12 @@ def test_accumulated_equals_big_batch(accum, shape):
 
 
 def test_accumulation_settings_are_checked():
-    config = se._config()
+    config = se._config((8, 1, 1))
     config.grad_accum_steps = 3  # 4 mask groups: a microbatch would cut a group
     with pytest.raises(ValueError, match="grad_accum_steps=3 must be >= 1 and divide masking.num_groups=4"):
         train.validate_config(config)
     config.grad_accum_steps = 4
     config.batch_size = 8  # 4 microbatches of 2 cannot spread over 8 batch shards
-    config.masking.num_groups = 4
     mesh = sharding.make_mesh(config, jax.devices()[:8])
     with pytest.raises(ValueError, match="batch_size=8 is not divisible by the 8 batch shards .* x grad_accum_steps=4"):
         train.check_batch(config, mesh)

@@ -9,7 +9,7 @@ info (its ClassLabel feature), or from a text file (one name per line) where the
 
 Every labelled source is random access: `len(source)`, `source[i] -> {"image": uint8 [H, W, 3], "label": int32}`,
 `source.class_names`, and `source.key` (a short string naming dataset, split and size, for feature caches).
-`ImageFolder` (unlabelled: FID reference images) reads *.png/*.jpg/... below a directory, sorted by path.
+`ImageFolder` (FID reference images; label always 0) reads *.png/*.jpg/... below a directory, sorted by path.
 
 Dimension letters: H/W image size.
 """
@@ -133,14 +133,17 @@ class ShapesSource:
         return {"image": item["image"], "label": np.int32(label)}
 
 
+def shapes_split(split):
+    """The synthetic split for a split name: 'train', or 'heldout' (also for tfds-style 'test' / 'validation')."""
+    return {"test": "heldout", "validation": "heldout"}.get(split, split)
+
+
 def make_source(settings, split, image_size, what, num_examples=0):
     """The labelled source an evaluator's settings name: dataset 'shapes' or a tfds name."""
     if not settings.get("dataset"):
         raise ValueError(f"{what}.dataset is empty; expected 'shapes' or a tfds dataset name")
     if settings.dataset == "shapes":
-        # The synthetic splits are 'train' and 'heldout'; tfds-style names map onto them.
-        split = {"test": "heldout", "validation": "heldout"}.get(split, split)
-        return ShapesSource(split, num_examples or 1024, image_size, settings.get("task", "shape_color"),
+        return ShapesSource(shapes_split(split), num_examples or 1024, image_size, settings.get("task", "shape_color"),
                             settings.get("seed", 0))
     return TfdsSource(settings.dataset, split, image_size, settings.get("data_dir", ""),
                       settings.get("image_key", "image"), settings.get("label_key", "label"),
@@ -151,7 +154,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ImageFolder:
-    """Images below `path` (recursive, sorted), center-cropped to `image_size`: `{"image": uint8 [H, W, 3]}`."""
+    """Images below `path` (recursive, sorted), center-cropped to `image_size`: `{"image": uint8 [H, W, 3],
+    "label": 0}`."""
 
     def __init__(self, path, image_size, num_examples=0, what="folder"):
         if not path or not os.path.isdir(path):

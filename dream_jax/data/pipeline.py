@@ -1,8 +1,9 @@
 """grain input pipelines: a seeded, per-process-sharded, checkpointable stream of tokenised batches.
 
-Each process reads its slice of the source (index `process_index::process_count`), shuffles with the config's
-seed (reshuffled every epoch), tokenises captions on the host, and batches its share of the global batch; the
-train loop turns those into global arrays. The iterator's state is a few integers, saved beside the train state.
+The source is shuffled globally with the config's seed (reshuffled every epoch); each process reads, decodes and
+tokenises only its chunk of every global batch (ProcessChunks), so the global batches are the same whatever the
+number of processes; the train loop turns the per-process batches into global arrays. The iterator's state is a
+few integers, saved beside the train state.
 
 Sources (`config.data.source`, with `config.data.path`):
   - `shapes`: the embedded captioned-shapes set (no path);
@@ -81,6 +82,36 @@ class Tokenize(grain.transforms.Map):
         return out
 
 
+class ProcessChunks(grain.MapDataset):
+    """Process `index`'s share of a global stream, in chunks of its per-process batch `chunk`.
+
+    Element i of the share is element (i // chunk * count + index) * chunk + i % chunk of the parent, so global
+    batch s (the processes' batches s side by side, in process order, as jax.make_array_from_process_local_data
+    lays them out) holds the same examples in the same order whatever the number of processes: a run on 2 hosts
+    sees the batches of a run on 1. Maps and random maps run before it, on global indices, for the same reason.
+    """
+
+    def __init__(self, parent, chunk, index, count):
+        super().__init__(parent)
+        self._chunk, self._index, self._count = chunk, index, count
+
+    def __len__(self):
+        full, rest = divmod(len(self._parent), self._chunk * self._count)
+        return full * self._chunk + min(max(rest - self._index * self._chunk, 0), self._chunk)
+
+    def _parent_index(self, i):
+        block, offset = divmod(i, self._chunk)
+        return (block * self._count + self._index) * self._chunk + offset
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        return self._parent[self._parent_index(i)]
+
+    def __str__(self):
+        return f"ProcessChunks(chunk={self._chunk}, index={self._index}, count={self._count})"
+
+
 def per_process_batch(config):
     batch, count = config.batch_size, jax.process_count()
     if batch % count:
@@ -94,13 +125,14 @@ def make_dataset(config, tokenizers, split="train", process_index=None, process_
     process_count = jax.process_count() if process_count is None else process_count
     d = config.data
     ds = grain.MapDataset.source(make_source(config, split, process_index, process_count))
-    ds = ds[process_index::process_count].seed(d.shuffle_seed).shuffle().repeat(num_epochs)
+    ds = ds.seed(d.shuffle_seed).shuffle().repeat(num_epochs)
     if d.source == "latents":
         ds = ds.random_map(latent_cache.DecodeRecord())
     else:
         if d.source == "webdataset":
             ds = ds.map(webdataset.Decode(config.tokenizer.image_size)).random_map(webdataset.RandomFlip())
         ds = ds.map(Tokenize(tokenizers))
+    ds = ProcessChunks(ds, config.batch_size // process_count, process_index, process_count)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, d.num_workers), prefetch_buffer_size=4))
     if d.source == "webdataset":
         it = webdataset.CountSkipped(it)

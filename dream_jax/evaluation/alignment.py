@@ -61,7 +61,7 @@ def own_scores(config, variables, frozen, tokenizers, images, prompts, mesh, bat
         with jax.set_mesh(mesh):
             img = zero_shot.image_embeddings(config, variables, frozen, imgs, jax.random.key(seed + i))
             txt = _text_embeddings(frozen_config, variables, ids)
-        out.append(np.sum(np.asarray(img) * np.asarray(txt), axis=-1)[:n])
+        out.append(np.sum(features_lib.fetch(img) * features_lib.fetch(txt), axis=-1)[:n])
     return np.concatenate(out)
 
 

@@ -64,7 +64,7 @@ def pooled_features(config, variables, frozen, images, rng, pooling="buffer"):
 def batches(source, batch_size, num_threads=8):
     """uint8 image batches [B, H, W, 3] and labels [B] of a labelled source, read in parallel threads."""
     ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
     for batch in it:
         yield np.asarray(batch["image"], np.uint8), np.asarray(batch["label"], np.int32)
 
@@ -80,6 +80,15 @@ def shard_batch(mesh, config, array):
     return jax.make_array_from_callback(array.shape, target, lambda idx: array[idx]), n
 
 
+def fetch(array):
+    """A (possibly multi-host) sharded array as one numpy array on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
 def extract(config, variables, frozen, source, mesh, pooling="buffer", batch_size=256, seed=0, log=print):
     """(features float32 [N, D], labels int32 [N]) of a labelled source, in sharded jitted batches."""
     feats, labels = [], []
@@ -88,7 +97,7 @@ def extract(config, variables, frozen, source, mesh, pooling="buffer", batch_siz
         x, n = shard_batch(mesh, config, images)
         with jax.set_mesh(mesh):
             out = pooled_features(config, variables, frozen, x, jax.random.fold_in(jax.random.key(seed), i), pooling)
-        feats.append(np.asarray(out)[:n])
+        feats.append(fetch(out)[:n])
         labels.append(y)
         done += n
         if i % 20 == 0 or done == len(source):

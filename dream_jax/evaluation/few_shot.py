@@ -53,7 +53,6 @@ def normalize(features):
 def _episode_accuracy(support, query, method, ridge):
     """support [E, N, K, D], query [E, N, Q, D] -> accuracy [E]."""
     e, n, k, d = support.shape
-    q = query.shape[2]
     if method == "ncm":
         means = support.mean(axis=2)
         means = means / jnp.maximum(jnp.linalg.norm(means, axis=-1, keepdims=True), 1e-12)

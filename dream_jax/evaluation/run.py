@@ -108,7 +108,8 @@ def validate(config):
 def _zero_shot(ctx, name, s):
     c = ctx.config
     if s.dataset == "shapes":
-        out = zero_shot.shapes_task(c, ctx.variables, ctx.frozen, ctx.tokenizers, split=s.split,
+        out = zero_shot.shapes_task(c, ctx.variables, ctx.frozen, ctx.tokenizers,
+                                    split=eval_sources.shapes_split(s.split),
                                     num_images=s.num_images or 512, batch_size=s.batch_size, seed=s.seed)
         return {"top1": out["zero_shot_top1"], "top5": out["zero_shot_top5"], "chance": out["chance_top1"]}
     source = _labelled(c, name, s, s.split, s.num_images)
@@ -120,8 +121,8 @@ def _zero_shot(ctx, name, s):
     for i, (images, y) in enumerate(features_lib.batches(source, s.batch_size)):
         x, n = features_lib.shard_batch(ctx.mesh, c, images)
         with jax.set_mesh(ctx.mesh):
-            embs.append(np.asarray(zero_shot.image_embeddings(c, ctx.variables, ctx.frozen, x,
-                                                              jax.random.key(s.seed + i)))[:n])
+            emb = zero_shot.image_embeddings(c, ctx.variables, ctx.frozen, x, jax.random.key(s.seed + i))
+        embs.append(features_lib.fetch(emb)[:n])
         labels.append(y)
     emb, labels = np.concatenate(embs), np.concatenate(labels)
     out = {"top1": zero_shot.accuracy(emb, class_emb, labels, 1), "chance": 1.0 / len(names)}
@@ -162,8 +163,8 @@ def _inception(ctx, inception, images, batch_size, resize):
         x, n = features_lib.shard_batch(ctx.mesh, ctx.config, np.asarray(images[i:i + batch_size]))
         with jax.set_mesh(ctx.mesh):
             pool3, unbiased = fid.inception_outputs(inception, x, resize)
-        pools.append(np.asarray(pool3)[:n])
-        logits.append(np.asarray(unbiased)[:n])
+        pools.append(features_lib.fetch(pool3)[:n])
+        logits.append(features_lib.fetch(unbiased)[:n])
     return np.concatenate(pools), np.concatenate(logits)
 
 

@@ -1,0 +1,115 @@
+"""docs/SCALING.md's table: `--mode=compile` for DREAM-B/L/H/G on TPU pod slices at the paper's batch of 2048.
+
+    python benchmarks/compile_table.py [--scales=B,L,H,G] [--slices=v5e-256,v5p-128,v4-64] [--source=latents]
+
+Each row is dream_jax.compile.compile_stats of configs/dream_<scale>.py with config.compile_topology and
+config.data.source set: the numbers of `python -m dream_jax.main --config=configs/dream_<scale>.py --mode=compile
+--config.compile_topology=<topology> --config.data.source=latents`. Rows run one at a time in a child process whose resident memory is
+watched: XLA's TPU compiler needs many GiB of host memory for the larger scales, and a row that passes
+--max_rss_gib is stopped and reported as such rather than starving the machine. Needs libtpu (the `tpu` extra).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Marketing name -> libtpu topology (chips). v5p / v4 names count TensorCores (2 per chip), v5e names chips.
+SLICES = {"v5e-256": "v5e:16x16", "v5p-128": "v5p:4x4x4", "v4-64": "v4:2x4x4"}
+GIB = 1 << 30
+
+_CHILD = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import importlib
+from dream_jax import compile as compile_lib
+config = importlib.import_module("configs.dream_{scale}").get_config()
+config.compile_topology = {topology!r}
+config.data.source = {source!r}
+print("STATS " + json.dumps(compile_lib.compile_stats(config)), flush=True)
+"""
+
+
+def _rss_gib(pid):
+    """Resident memory of a process and its children, in GiB (Linux /proc)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(entry) != pid and int(fields[1]) != pid:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+    return total / GIB
+
+
+def run_row(scale, topology, source, max_rss_gib):
+    """(stats dict or None, note, seconds, peak GiB) of one compile in a child process."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source)
+    start, peak = time.monotonic(), 0.0
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        peak = max(peak, _rss_gib(proc.pid))
+        if peak > max_rss_gib:
+            proc.kill()
+            proc.wait()
+            return None, f"stopped: compiling needed > {max_rss_gib:g} GiB of host memory", time.monotonic() - start, peak
+        time.sleep(1)
+    out, err = proc.communicate()
+    seconds = time.monotonic() - start
+    for line in out.splitlines():
+        if line.startswith("STATS "):
+            return json.loads(line[6:]), "", seconds, peak
+    last = [line for line in err.splitlines() if line.strip()][-1:] or [f"exit code {proc.returncode}"]
+    return None, f"failed: {last[0][:160]}", seconds, peak
+
+
+def format_row(scale, name, stats, note):
+    if stats is None:
+        return f"| {scale} | {name} | | | | | | | {note} |"
+    mesh = stats["mesh"]
+    per_device = stats["batch_size"] // (mesh["data"] * mesh["fsdp"])
+    head = (f"| {scale} | {name} (`{stats['topology']}`, {stats['num_devices']} chips) | "
+            f"{mesh['data']} x {mesh['fsdp']} x {mesh['tensor']} | {'on' if stats['remat'] else 'off'} | "
+            f"{per_device} |")
+    if stats["out_of_memory"]:
+        return (f"{head} | {stats['temporaries'] / GIB:.2f} | > {stats['hbm'] / GIB:.0f} / {stats['hbm'] / GIB:.0f} | "
+                "**no** (XLA: temporaries exceed HBM) |")
+    verdict = "yes" if stats["hbm"] and stats["total"] <= stats["hbm"] else "**no**"
+    return (f"{head} {stats['arguments'] / GIB:.2f} | {stats['temporaries'] / GIB:.2f} | "
+            f"{stats['total'] / GIB:.2f} / {stats['hbm'] / GIB:.0f} | {verdict} |")
+
+
+HEADER = ("| scale | slice | mesh data x fsdp x tensor | remat | batch / chip | arguments GiB | temporaries GiB | "
+          "total / HBM GiB | fits |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="B,L,H,G")
+    parser.add_argument("--slices", default=",".join(SLICES))
+    parser.add_argument("--source", default="latents", help="data.source: latents (cached, as docs/LAUNCH.md "
+                        "trains) or webdataset (the VAE encodes every batch inside the step)")
+    parser.add_argument("--max_rss_gib", type=float, default=14.0)
+    args = parser.parse_args()
+    print(HEADER, flush=True)
+    for scale in args.scales.split(","):
+        for name in args.slices.split(","):
+            stats, note, seconds, peak = run_row(scale, SLICES.get(name, name), args.source, args.max_rss_gib)
+            print(format_row(scale, name, stats, note), flush=True)
+            print(f"  ({scale} on {name}: {seconds:.0f} s, peak host memory {peak:.1f} GiB)", file=sys.stderr,
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

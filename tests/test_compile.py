@@ -1,0 +1,68 @@
+"""--mode=compile (dream_jax.compile): the real train step AOT-compiled for a TPU topology with no TPU attached.
+
+Needs libtpu (the `tpu` extra); skipped without it. The shrunken tiny model (train_helpers.OVERRIDES) is compiled
+for v5e:2x2 (4 chips of 16 GiB) as FSDP x data parallel, and the memory report is checked against what the
+state's shapes and shardings imply. The B/L/H/G table on pod slices is benchmarks/compile_table.py's (slow).
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import train_helpers as th
+
+pytest.importorskip("libtpu")
+
+from dream_jax import compile as compile_lib  # noqa: E402
+from dream_jax import sharding, state as state_lib  # noqa: E402
+
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def stats():
+    config = th.tiny_config(compile_topology="v5e:2x2", mesh__shape=(2, 2, 1))
+    return compile_lib.compile_stats(config)
+
+
+def test_tiny_step_compiles_for_v5e_and_reports_memory(stats):
+    assert stats["device_kind"] == "TPU v5 lite" and stats["num_devices"] == 4
+    assert stats["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    assert stats["hbm"] == 16 * GIB
+    parts = ("arguments", "outputs", "aliased", "temporaries", "code")
+    assert all(stats[k] >= 0 for k in parts) and stats["temporaries"] > 0
+    assert stats["total"] == (stats["arguments"] + stats["outputs"] - stats["aliased"] + stats["temporaries"]
+                               + stats["code"])
+    assert compile_lib.fits(stats) is True
+
+    # FSDP over 2: a device holds about half of the train state (small leaves stay whole), never all of it; the
+    # donated state is aliased by the new state, so it is not counted twice.
+    config = th.tiny_config(compile_topology="v5e:2x2", mesh__shape=(2, 2, 1))
+    devices = compile_lib.topology_devices("v5e:2x2")
+    state = state_lib.abstract_state(config, sharding.make_mesh(config, devices))
+    per_device = sum(np.prod(s.sharding.shard_shape(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(state))
+    assert per_device < 0.6 * stats["state_bytes"]
+    assert per_device <= stats["arguments"] < stats["state_bytes"]
+    assert stats["aliased"] >= 0.9 * per_device
+
+    assert stats["xla_flops_per_device"] > 0
+    # XLA counts more than the matmuls and attention of flops.py (the VAE-free pixels path has none of its own),
+    # but the same order of magnitude.
+    ratio = stats["xla_flops_per_device"] * stats["num_devices"] / stats["analytic_flops"]
+    assert 0.8 < ratio < 5, ratio
+
+
+def test_report_text(stats, monkeypatch):
+    monkeypatch.setattr(compile_lib, "compile_stats", lambda config: stats)
+    text = compile_lib.compile_report(th.tiny_config(compile_topology="v5e:2x2"))
+    assert "compiled for v5e:2x2: 4 x TPU v5 lite, mesh data 2 x fsdp 2 x tensor 1" in text
+    for line in ("arguments", "temporaries", "outputs", "total", "verdict      FITS", "XLA/analytic"):
+        assert line in text
+    assert "of 16.00 GiB HBM" in text
+
+
+def test_bad_topologies_are_user_errors():
+    with pytest.raises(ValueError, match="compile_topology is empty"):
+        compile_lib.topology_devices("")
+    with pytest.raises(ValueError, match="'v5e:3x7x9' is not a topology libtpu can build"):
+        compile_lib.topology_devices("v5e:3x7x9")
