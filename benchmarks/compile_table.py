@@ -4,9 +4,10 @@
 
 Each row is dream_jax.compile.compile_stats of configs/dream_<scale>.py with config.compile_topology and
 config.data.source set: the numbers of `python -m dream_jax.main --config=configs/dream_<scale>.py --mode=compile
---config.compile_topology=<topology> --config.data.source=latents`. Rows run one at a time in a child process whose resident memory is
-watched: XLA's TPU compiler needs many GiB of host memory for the larger scales, and a row that passes
---max_rss_gib is stopped and reported as such rather than starving the machine. Needs libtpu (the `tpu` extra).
+--config.compile_topology=<topology> --config.data.source=latents`. Rows run one at a time in a child process
+whose resident memory is watched: XLA's TPU compiler needs many GiB of host memory for the larger scales, and a
+row that passes --max_rss_gib is stopped and reported as such rather than starving the machine. Needs libtpu (the
+`tpu` extra).
 """
 
 import argparse
@@ -63,7 +64,8 @@ def run_row(scale, topology, source, max_rss_gib):
         if peak > max_rss_gib:
             proc.kill()
             proc.wait()
-            return None, f"stopped: compiling needed > {max_rss_gib:g} GiB of host memory", time.monotonic() - start, peak
+            note = f"stopped: compiling needed > {max_rss_gib:g} GiB of host memory"
+            return None, note, time.monotonic() - start, peak
         time.sleep(1)
     out, err = proc.communicate()
     seconds = time.monotonic() - start

@@ -190,7 +190,9 @@ def get_base_config(scale="B"):
         use_ema=True,
     ))
 
-    c.mesh = ml_collections.ConfigDict(dict(shape=PARALLELISM[scale]["mesh"], axes=("data", "fsdp", "tensor")))
+    # num_devices: 0 = every device; N = the first N (the mesh shape's -1 then fills those).
+    c.mesh = ml_collections.ConfigDict(dict(shape=PARALLELISM[scale]["mesh"], axes=("data", "fsdp", "tensor"),
+                                            num_devices=0))
     c.axis_rules = AXIS_RULES
     # Microbatches per step: the global batch is split into this many slices (each of whole mask groups), their
     # gradients summed inside the jitted step; the update is the full batch's (contrastive negatives and BatchNorm

@@ -50,7 +50,7 @@ def topology_devices(name):
     kwargs = {"chip_config_name": "megacore"} if name.split(":")[0] in _MEGACORE else {}
     try:
         return topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices
-    except Exception as e:  # noqa: BLE001 - libtpu's errors for a bad name vary
+    except Exception as e:  # libtpu's errors for a bad name vary
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"config.compile_topology={name!r} is not a topology libtpu can build ({first}); "
                          "expected e.g. v5e:16x16, v5p:4x4x4, v4:2x4x4") from e
@@ -69,8 +69,9 @@ def _stand_in_dirs(config, directory):
         path = os.path.join(directory, "vae")
         vae = dataclasses.asdict(vae_lib.VaeConfig())
         blocks = len(vae["block_out_channels"])
-        _write_json(path, dict(_class_name="AutoencoderKL", act_fn="silu", down_block_types=["DownEncoderBlock2D"] * blocks,
-                               up_block_types=["UpDecoderBlock2D"] * blocks, **vae))
+        _write_json(path, dict(_class_name="AutoencoderKL", act_fn="silu", **vae,
+                               down_block_types=["DownEncoderBlock2D"] * blocks,
+                               up_block_types=["UpDecoderBlock2D"] * blocks))
         config.tokenizer.vae_path = path
         notes.append("sd-vae-ft-ema shapes (tokenizer.vae_path has no config.json)")
     return config, notes
@@ -83,7 +84,7 @@ def _write_json(directory, content):
 
 
 def abstract_frozen(config):
-    """ShapeDtypeStructs of frontend.load_frozen's pytree, from the modules' shapes (no file is read but config.json)."""
+    """ShapeDtypeStructs of frontend.load_frozen's pytree, from the modules' shapes (reads config.json files only)."""
     key = jax.random.key(0)
     ids = jnp.zeros((1, config.model.cond_len), jnp.int32)
     cond = jax.eval_shape(lambda: frontend.cond_encoder(config).init(key, ids))
@@ -160,7 +161,7 @@ def compile_stats(config):
     }
     try:
         compiled = lowered.compile()
-    except Exception as e:  # noqa: BLE001 - XLA refuses a program whose temporaries exceed the chip's HBM
+    except Exception as e:  # XLA refuses a program whose temporaries exceed the chip's HBM; anything else re-raises
         out_of_memory = _OOM.search(str(e))
         if not out_of_memory:
             raise

@@ -33,12 +33,18 @@ def mesh_shape(shape, num_devices):
 
 
 def make_mesh(config, devices=None):
-    """The (data, fsdp, tensor) mesh of the config over `devices` (default: all).
+    """The (data, fsdp, tensor) mesh of the config over `devices` (default: all, or the first
+    `mesh.num_devices` when that is set, e.g. 1 to run on one of several local devices).
 
     On TPU the devices are laid out along the physical torus (mesh_utils), so each mesh axis is a ring of
     neighbouring chips; elsewhere (and where the shape does not fit the torus) in process-then-id order.
     """
-    devices = jax.devices() if devices is None else devices
+    if devices is None:
+        devices = jax.devices()
+        if config.mesh.get("num_devices", 0):
+            if config.mesh.num_devices > len(devices):
+                raise ValueError(f"mesh.num_devices={config.mesh.num_devices} but only {len(devices)} devices exist")
+            devices = devices[:config.mesh.num_devices]
     if len(config.mesh.shape) != len(config.mesh.axes):
         raise ValueError(f"mesh.shape={tuple(config.mesh.shape)} has {len(config.mesh.shape)} entries but mesh.axes="
                          f"{tuple(config.mesh.axes)} names {len(config.mesh.axes)}")

@@ -61,7 +61,7 @@ def loss_fn(params, batch_stats, config, frozen, batch, step):
     visible = 1.0 - jnp.mean(mask.astype(jnp.float32), axis=-1)
     valid = visible >= config.loss.min_visible_for_clip
     clip_loss, clip_acc = losses.contrastive_loss(img, txt, logit_scale, valid)
-    denoise = lambda x, t, c: model.apply({"params": params}, x, t, c, method=DREAM.denoise)  # noqa: E731
+    denoise = functools.partial(_denoise, model, params)
     constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps).constants()
     gen_loss, gen_metrics = losses.diffusion_loss(
         denoise, constants, rngs["diffusion"], tokens, z, mask, config.masking.num_groups,
@@ -69,6 +69,16 @@ def loss_fn(params, batch_stats, config, frozen, batch, step):
     total = config.loss.gen_weight * gen_loss + config.loss.clip_weight * clip_loss
     metrics = _metrics(total, gen_loss, gen_metrics, clip_loss, clip_acc, valid, logit_scale, ratios, batch)
     return total, (metrics, updates["batch_stats"])
+
+
+def _denoise(model, params, x_t, t, z):
+    """The diffusion head on the batch_mul x B x L tokens, split over the batch shards.
+
+    losses.diffusion_targets stacks the copies along the leading axis, which leaves XLA no sharding of the batch
+    it can carry through; without this pin every chip would run the head on all the tokens of the global batch.
+    """
+    x_t, t, z = (nn.with_logical_constraint(a, ("batch",) + (None,) * (a.ndim - 1)) for a in (x_t, t, z))
+    return model.apply({"params": params}, x_t, t, z, method=DREAM.denoise)
 
 
 def _metrics(total, gen_loss, gen_metrics, clip_loss, clip_acc, valid, logit_scale, ratios, batch):
@@ -159,9 +169,10 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step):
     def slice_loss(params, rng, tok, msk, ids, cnd, dp, dt, tt, nz):
         pooled, txt, z = model.apply({"params": params, "batch_stats": batch_stats}, tok, msk, ids, cnd,
                                      method=_pooled_text_and_z, rngs={"dropout": rng})
-        denoise = lambda x, t_, zz: model.apply({"params": params}, x, t_, zz, method=DREAM.denoise)  # noqa: E731
+        denoise = functools.partial(_denoise, model, params)
+        draws = (tt.reshape(-1), nz.reshape(-1, nz.shape[-1]))
         gen, gen_metrics = losses.diffusion_loss(denoise, constants, None, tok, z, msk, groups, copies,
-                                                 c.min_masked_for_gen, draws=(tt.reshape(-1), nz.reshape(-1, nz.shape[-1])))
+                                                 c.min_masked_for_gen, draws=draws)
         surrogate = jnp.sum(pooled * dp) + jnp.sum(txt.astype(jnp.float32) * dt)
         return c.gen_weight * gen / k + c.clip_weight * surrogate, (gen, gen_metrics)
 

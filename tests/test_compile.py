@@ -35,15 +35,15 @@ def test_tiny_step_compiles_for_v5e_and_reports_memory(stats):
                                + stats["code"])
     assert compile_lib.fits(stats) is True
 
-    # FSDP over 2: a device holds about half of the train state (small leaves stay whole), never all of it; the
+    # FSDP over 2: a device holds a part of the train state (leaves with no `embed` axis stay whole); the
     # donated state is aliased by the new state, so it is not counted twice.
     config = th.tiny_config(compile_topology="v5e:2x2", mesh__shape=(2, 2, 1))
     devices = compile_lib.topology_devices("v5e:2x2")
     state = state_lib.abstract_state(config, sharding.make_mesh(config, devices))
     per_device = sum(np.prod(s.sharding.shard_shape(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(state))
-    assert per_device < 0.6 * stats["state_bytes"]
-    assert per_device <= stats["arguments"] < stats["state_bytes"]
-    assert stats["aliased"] >= 0.9 * per_device
+    # (XLA's sizes are of TPU layouts, padded to tiles, so they exceed the logical bytes of small arrays.)
+    assert per_device < 0.7 * stats["state_bytes"]
+    assert stats["arguments"] >= per_device and stats["aliased"] >= per_device
 
     assert stats["xla_flops_per_device"] > 0
     # XLA counts more than the matmuls and attention of flops.py (the VAE-free pixels path has none of its own),
@@ -66,3 +66,24 @@ def test_bad_topologies_are_user_errors():
         compile_lib.topology_devices("")
     with pytest.raises(ValueError, match="'v5e:3x7x9' is not a topology libtpu can build"):
         compile_lib.topology_devices("v5e:3x7x9")
+
+
+@pytest.mark.parametrize("scale", ["B", "L", "H", "G"])
+def test_scale_presets_shard_weights_as_configured(scale):
+    # configs/common.py PARALLELISM on a v5e-256: FSDP over F chips, data parallel over the rest; every weight's
+    # `embed` axis splits F ways (abstract state only: nothing is allocated or compiled).
+    from configs import common
+
+    config = common.get_base_config(scale)
+    fsdp = common.PARALLELISM[scale]["mesh"][1]
+    mesh = sharding.make_mesh(config, compile_lib.topology_devices("v5e:16x16"))
+    assert dict(mesh.shape) == {"data": 256 // fsdp, "fsdp": fsdp, "tensor": 1}
+    assert config.model.remat == common.PARALLELISM[scale]["remat"]
+    params = state_lib.abstract_state(config, mesh).params
+    d, heads = config.model.width, config.model.num_heads
+    qkv = params["encoder"]["encoder_blocks_0"]["attn"]["qkv"]["kernel"]
+    assert tuple(qkv.sharding.spec) == ("fsdp", None, "tensor", None)
+    assert qkv.sharding.shard_shape(qkv.shape) == (d // fsdp, 3, heads, d // heads)
+    fc1 = params["decoder"]["decoder_blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert fc1.sharding.shard_shape(fc1.shape) == (d // fsdp, config.model.mlp_dim)
+    assert params["logit_scale"].sharding.is_fully_replicated
