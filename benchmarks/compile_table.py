@@ -13,6 +13,7 @@ row that passes --max_rss_gib is stopped and reported as such rather than starvi
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -52,13 +53,21 @@ def _rss_gib(pid):
     return total / GIB
 
 
+def _big_stack():
+    """1 GiB stacks for the child's threads (glibc sizes them by RLIMIT_STACK): XLA's TPU compiler recurses deeply
+    on these programs and overflowed the default 8 MiB on DREAM-B."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = 1 << 30
+    resource.setrlimit(resource.RLIMIT_STACK, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
 def run_row(scale, topology, source, max_rss_gib):
     """(stats dict or None, note, seconds, peak GiB) of one compile in a child process."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source)
     start, peak = time.monotonic(), 0.0
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_big_stack)
     while proc.poll() is None:
         peak = max(peak, _rss_gib(proc.pid))
         if peak > max_rss_gib:

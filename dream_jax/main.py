@@ -11,7 +11,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "eval", "info", "cache", "export", "import")
+MODES = ("train", "sample", "eval", "info", "compile", "cache", "export", "import")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -41,7 +41,12 @@ def _maybe_initialize_distributed():
         import jax
 
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize()
+        env = os.environ
+        if "JAX_COORDINATOR_ADDRESS" in env:  # explicit cluster (e.g. CPU hosts); TPU/SLURM/MPI auto-detect
+            jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
+                                       int(env["JAX_PROCESS_ID"]))
+        else:
+            jax.distributed.initialize()
 
 
 class UserError(Exception):
@@ -53,6 +58,11 @@ def _run(config, mode, workdir):
         from dream_jax import info
 
         print(info.report(config))
+        return
+    if mode == "compile":  # AOT for config.compile_topology (needs the `tpu` extra: libtpu); no weights allocated
+        from dream_jax import compile as compile_lib
+
+        print(compile_lib.compile_report(config))
         return
     if not workdir:
         raise UserError(f"--workdir is required for --mode={mode}")
