@@ -1,6 +1,7 @@
 """docs/SCALING.md's table: `--mode=compile` for DREAM-B/L/H/G on TPU pod slices at the paper's batch of 2048.
 
     python benchmarks/compile_table.py [--scales=B,L,H,G] [--slices=v5e-256,v5p-128,v4-64] [--source=latents]
+        [--grad_accum_steps=K] [--no_header]
 
 Each row is dream_jax.compile.compile_stats of configs/dream_<scale>.py with config.compile_topology and
 config.data.source set: the numbers of `python -m dream_jax.main --config=configs/dream_<scale>.py --mode=compile
@@ -13,6 +14,7 @@ row that passes --max_rss_gib is stopped and reported as such rather than starvi
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from dream_jax import compile as compile_lib
 config = importlib.import_module("configs.dream_{scale}").get_config()
 config.compile_topology = {topology!r}
 config.data.source = {source!r}
+config.grad_accum_steps = {accum} or config.grad_accum_steps
 print("STATS " + json.dumps(compile_lib.compile_stats(config)), flush=True)
 """
 
@@ -61,10 +64,10 @@ def _big_stack():
     resource.setrlimit(resource.RLIMIT_STACK, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
 
-def run_row(scale, topology, source, max_rss_gib):
+def run_row(scale, topology, source, max_rss_gib, accum=0):
     """(stats dict or None, note, seconds, peak GiB) of one compile in a child process."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source)
+    code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source, accum=accum)
     start, peak = time.monotonic(), 0.0
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_big_stack)
@@ -81,18 +84,22 @@ def run_row(scale, topology, source, max_rss_gib):
     for line in out.splitlines():
         if line.startswith("STATS "):
             return json.loads(line[6:]), "", seconds, peak
+    if "STACK OVERFLOW" in err:
+        crash = re.search(r"PC: @\s+\S+\s+\(unknown\)\s+(\S+)", err)
+        where = f" in `{crash[1]}`" if crash else ""
+        return None, f"XLA's TPU compiler crashed (stack overflow{where})", seconds, peak
     last = [line for line in err.splitlines() if line.strip()][-1:] or [f"exit code {proc.returncode}"]
     return None, f"failed: {last[0][:160]}", seconds, peak
 
 
 def format_row(scale, name, stats, note):
     if stats is None:
-        return f"| {scale} | {name} | | | | | | | {note} |"
+        return f"| {scale} | {name} | | | | | | | | {note} |"
     mesh = stats["mesh"]
     per_device = stats["batch_size"] // (mesh["data"] * mesh["fsdp"])
     head = (f"| {scale} | {name} (`{stats['topology']}`, {stats['num_devices']} chips) | "
             f"{mesh['data']} x {mesh['fsdp']} x {mesh['tensor']} | {'on' if stats['remat'] else 'off'} | "
-            f"{per_device} |")
+            f"{stats['grad_accum_steps']} | {per_device} |")
     if stats["out_of_memory"]:
         return (f"{head} | {stats['temporaries'] / GIB:.2f} | > {stats['hbm'] / GIB:.0f} / {stats['hbm'] / GIB:.0f} | "
                 "**no** (XLA: temporaries exceed HBM) |")
@@ -101,8 +108,8 @@ def format_row(scale, name, stats, note):
             f"{stats['total'] / GIB:.2f} / {stats['hbm'] / GIB:.0f} | {verdict} |")
 
 
-HEADER = ("| scale | slice | mesh data x fsdp x tensor | remat | batch / chip | arguments GiB | temporaries GiB | "
-          "total / HBM GiB | fits |\n|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| scale | slice | mesh data x fsdp x tensor | remat | grad accum | batch / chip | arguments GiB | "
+          "temporaries GiB | total / HBM GiB | fits |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main():
@@ -112,11 +119,15 @@ def main():
     parser.add_argument("--source", default="latents", help="data.source: latents (cached, as docs/LAUNCH.md "
                         "trains) or webdataset (the VAE encodes every batch inside the step)")
     parser.add_argument("--max_rss_gib", type=float, default=14.0)
+    parser.add_argument("--grad_accum_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--no_header", action="store_true", help="rows only (to append to a table)")
     args = parser.parse_args()
-    print(HEADER, flush=True)
+    if not args.no_header:
+        print(HEADER, flush=True)
     for scale in args.scales.split(","):
         for name in args.slices.split(","):
-            stats, note, seconds, peak = run_row(scale, SLICES.get(name, name), args.source, args.max_rss_gib)
+            stats, note, seconds, peak = run_row(scale, SLICES.get(name, name), args.source, args.max_rss_gib,
+                                                 args.grad_accum_steps)
             print(format_row(scale, name, stats, note), flush=True)
             print(f"  ({scale} on {name}: {seconds:.0f} s, peak host memory {peak:.1f} GiB)", file=sys.stderr,
                   flush=True)

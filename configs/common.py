@@ -16,16 +16,16 @@ SCALES = {
 
 # Parallelism per scale for the paper's global batch of 2048 on a TPU pod slice (docs/SCALING.md, made by
 # benchmarks/compile_table.py): FSDP over `fsdp` devices (params, grads and AdamW/EMA state split F ways, batch over
-# all devices), data parallel over the rest (-1), and remat of every transformer block: without it DREAM-B alone
-# plans 98 GiB of temporaries per v5p chip at 32 images a chip. F divides every `embed`-named width of its scale
-# (G's 1664 = 13 x 128). The slice must have a multiple of F chips; on fewer devices pass e.g.
-# --config.mesh.shape='(-1,1,1)'. Where a slice is too small for 2048 (per-chip batch too large), raise
-# grad_accum_steps. Tensor parallelism (`tensor`) only pays once the per-chip batch would drop below 1.
+# all devices) and data parallel over the rest (-1). F divides every `embed`-named width of its scale (G's 1664 =
+# 13 x 128). The slice must have a multiple of F chips; on fewer devices pass e.g. --config.mesh.shape='(-1,1,1)'.
+# Where activations do not fit a slice's chips, raise grad_accum_steps (exact, see train.accumulated_grads): remat
+# (model.remat) with the batch-sharded diffusion head crashes libtpu 0.0.42's compiler (docs/SCALING.md). Tensor
+# parallelism (`tensor`) only pays once the per-chip batch would drop below 1.
 PARALLELISM = {
-    "B": dict(mesh=(-1, 8, 1), remat=True),
-    "L": dict(mesh=(-1, 16, 1), remat=True),
-    "H": dict(mesh=(-1, 16, 1), remat=True),
-    "G": dict(mesh=(-1, 32, 1), remat=True),
+    "B": dict(mesh=(-1, 8, 1), remat=False),
+    "L": dict(mesh=(-1, 16, 1), remat=False),
+    "H": dict(mesh=(-1, 16, 1), remat=False),
+    "G": dict(mesh=(-1, 32, 1), remat=False),
 }
 
 # One logical-axis-rules table for every mesh: the mesh shape alone picks DP, FSDP or TP.
