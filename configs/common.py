@@ -117,6 +117,13 @@ def get_base_config(scale="B"):
         diffloss_width=1024,
         dtype="bfloat16",
         remat=PARALLELISM[scale]["remat"],  # jax.checkpoint of every transformer block (memory for compute)
+        # The encoder runs on visible tokens: each step's batch is cut into up to encoder_classes classes of
+        # similar mask ratios, each at a capacity rounded up to a multiple of seq_len / encoder_buckets (one compiled
+        # step per plan; docs/SCALING.md). encoder_classes=1, encoder_buckets=1: the key-masked encoder only.
+        # encoder_capacity is the plan a compiled step uses, set by the train loop; () = all positions.
+        encoder_classes=2,
+        encoder_buckets=4,
+        encoder_capacity=(),
         text_tower=dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8),
     ))
 

@@ -139,9 +139,13 @@ def compile_stats(config):
         batch = abstract_batch(config)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, config, v.ndim))
                  for k, v in batch.items()}
+        # The worst case: the encoder on all positions (plan (), what a step whose classes all need full capacity
+        # runs); steps at lower mask ratios compute and hold less (dream_jax/capacity.py).
+        config = train.with_plan(config, ())
         step = train.jit_step(config, mesh, frozen, batch)
+        ratios = jax.ShapeDtypeStruct((config.masking.num_groups,), jnp.float32, sharding=sharding.replicated(mesh))
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-            lowered = step.lower(state, frozen, batch)
+            lowered = step.lower(state, frozen, batch, ratios)
         t5 = _t5_shape(config)
     kind = devices[0].device_kind
     state_bytes = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
@@ -216,6 +220,8 @@ def compile_report(config):
         f"train step of DREAM-{config.model.scale} compiled for {s['topology']}: {s['num_devices']} x "
         f"{s['device_kind']}, mesh {mesh}, global batch {s['batch_size']} ({per_device_batch} per device), "
         f"remat {'on' if s['remat'] else 'off'}, grad_accum_steps {s['grad_accum_steps']}",
+        "  (the worst-case step: the encoder at full capacity, as at mask ratio 0; steps whose mask groups all hide "
+        "more tokens compile at a smaller capacity and need less)",
         *(f"  (using {n})" for n in s["notes"]),
         "",
     ]

@@ -22,6 +22,12 @@ def _cross(n, d, text_len):
     return 2 * n * 2 * d * d + 2 * text_len * 2 * d * d + 4 * n * text_len * d
 
 
+def encoder_forward_flops(config, visible):
+    """Per-example encoder forward FLOPs on the buffer + `visible` image tokens (z_proj and the blocks)."""
+    m = config.model
+    return 2 * visible * m.token_dim * m.width + m.encoder_depth * _block(m.buffer_size + visible, m.width, m.mlp_dim)
+
+
 def forward_flops(config, mask_ratio):
     """Per-example forward FLOPs by component, for a masking ratio in [0, 1]."""
     m = config.model
@@ -34,7 +40,7 @@ def forward_flops(config, mask_ratio):
     per_diff_token = (2 * m.token_dim * dw + 2 * (256 * dw + dw * dw) + 2 * d * dw
                       + m.diffloss_depth * (2 * dw * 3 * dw + 4 * dw * dw) + 2 * dw * 2 * dw + 2 * dw * 2 * m.token_dim)
     return {
-        "encoder": 2 * visible * m.token_dim * d + m.encoder_depth * _block(n_enc, d, mlp),
+        "encoder": encoder_forward_flops(config, visible),
         "decoder": 2 * n_enc * d * d + m.decoder_depth * (_block(n_dec, d, mlp) + _cross(n_dec, d, lt)),
         "aligner": 2 * lt * m.cond_dim * d + m.aligner_depth * _block(lt, d, mlp),
         "text tower": t.depth * _block(t.context_length, w, 4 * w) + 2 * w * m.embed_dim,

@@ -22,7 +22,7 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
 from dream_jax import checkpoint as checkpoint_lib
-from dream_jax import frontend, losses, masking, sharding
+from dream_jax import capacity, frontend, losses, masking, sharding
 from dream_jax import summary as summary_lib
 from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
                              state_shardings, total_steps)
@@ -39,10 +39,40 @@ def step_rngs(config, step):
     return dict(zip(names, keys))
 
 
-def prepare_inputs(config, frozen, batch, rngs, step):
-    """Everything the model sees this step, with all randomness drawn: tokens, masks, cond features."""
+def mask_ratios(config, step):
+    """float32 [G]: the step's group ratios (from step_rngs' "ratios" key), ascending.
+
+    Which group gets which of a step's ratios is free (a batch's examples are exchangeable); ascending, contiguous
+    groups have similar ratios, so the encoder's classes of contiguous groups (dream_jax/capacity.py) each run at
+    a capacity close to their own visible counts. The train loop draws them before the step (host_mask_ratios) to
+    choose the step's capacity plan and hands them in; a caller without them (tests) gets the same draw in the step.
+    """
+    return jnp.sort(masking.sample_mask_ratios(step_rngs(config, step)["ratios"], step, config))
+
+
+def host_mask_ratios(config):
+    """step -> numpy [G] mask_ratios, computed on the host's CPU device when there is one, so that drawing them
+    does not queue behind the train step running on the accelerator."""
+    draw = jax.jit(functools.partial(mask_ratios, config))
+    try:  # this process's own device: with several processes, device 0 may belong to another one
+        device = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without cpu
+        device = jax.local_devices()[0]
+
+    def host(step):
+        with jax.default_device(device):
+            return np.asarray(draw(np.int32(step)))
+
+    return host
+
+
+def prepare_inputs(config, frozen, batch, rngs, step, ratios=None):
+    """Everything the model sees this step, with all randomness drawn: tokens, masks, cond features.
+
+    `ratios`: the step's mask_ratios when drawn beforehand (the train loop); None draws them here.
+    """
     tokens = frontend.images_to_tokens(config, frozen, batch["image"], rngs["posterior"])
-    ratios = masking.sample_mask_ratios(rngs["ratios"], step, config)
+    ratios = mask_ratios(config, step) if ratios is None else ratios
     mask = masking.random_masks(rngs["masks"], ratios, tokens.shape[0], tokens.shape[1])
     cond = frontend.cond_features(config, frozen, batch["cond_ids"], batch["cond_mask"])
     drop = jax.random.bernoulli(rngs["caption_drop"], config.loss.text_drop_prob, (cond.shape[0],))
@@ -50,11 +80,11 @@ def prepare_inputs(config, frozen, batch, rngs, step):
     return tokens, mask, ratios, cond
 
 
-def loss_fn(params, batch_stats, config, frozen, batch, step):
+def loss_fn(params, batch_stats, config, frozen, batch, step, ratios=None):
     """Total loss and metrics of one global batch; returns (loss, (metrics, new batch_stats))."""
     model = DREAM(config.model)
     rngs = step_rngs(config, step)
-    tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step)
+    tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step, ratios)
     (img, txt, z, logit_scale), updates = model.apply(
         {"params": params, "batch_stats": batch_stats}, tokens, mask, batch["clip_ids"], cond, train=True,
         rngs={"dropout": rngs["dropout"]}, mutable=["batch_stats"])
@@ -128,7 +158,7 @@ def _slices(x, k, axis=0):
     return nn.with_logical_constraint(x, tuple(names))
 
 
-def accumulated_grads(params, batch_stats, config, frozen, batch, step):
+def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=None):
     """`jax.value_and_grad(loss_fn, has_aux=True)(...)`, computed over `config.grad_accum_steps` microbatches.
 
     Inputs and every random draw (masks, caption drop, posterior, diffusion t and noise) are made once for the
@@ -144,7 +174,7 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step):
     k, c = config.grad_accum_steps, config.loss
     model = DREAM(config.model)
     rngs = step_rngs(config, step)
-    tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step)
+    tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step, ratios)
     size, length = mask.shape
     copies, groups = config.diffusion.batch_mul, config.masking.num_groups // k
     constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps).constants()
@@ -205,10 +235,11 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step):
 
 
 # --------------------------------------------------------------------------------------------- update step
-def train_step(config, state, frozen, batch):
-    """One optimiser step: grads, AdamW, EMA; returns (new state, metrics)."""
+def train_step(config, state, frozen, batch, ratios):
+    """One optimiser step: grads, AdamW, EMA; returns (new state, metrics). `ratios`: mask_ratios of the step."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True) if config.grad_accum_steps == 1 else accumulated_grads
-    (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, config, frozen, batch, state.step)
+    (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, config, frozen, batch, state.step,
+                                                 ratios=ratios)
     tx = make_optimizer(config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -220,8 +251,16 @@ def train_step(config, state, frozen, batch):
     return TrainState(state.step + 1, params, batch_stats, opt_state, ema), metrics
 
 
+def with_plan(config, plan):
+    """A copy of the config whose encoder runs at the capacity plan (dream_jax/capacity.py; () = all positions)."""
+    config = config.copy_and_resolve_references()
+    config.model.encoder_capacity = tuple(plan)
+    return config
+
+
 def jit_step(config, mesh, frozen, example_batch):
-    """train_step under jax.jit with explicit in/out shardings (the state buffer donated); not yet traced.
+    """train_step(state, frozen, batch, ratios [G]) under jax.jit with explicit in/out shardings (the state buffer
+    donated); not yet traced. Its encoder runs at config.model.encoder_capacity.
 
     `frozen` and `example_batch` may be arrays or ShapeDtypeStructs (--mode=compile lowers it without weights).
     Call or lower it inside `jax.set_mesh(mesh)` and the config's logical-axis rules.
@@ -229,17 +268,29 @@ def jit_step(config, mesh, frozen, example_batch):
     state_sh = state_shardings(config, mesh)
     frozen_sh = sharding.frozen_shardings(frozen, mesh)
     batch_sh = jax.tree.map(lambda x: sharding.batch_sharding(mesh, config, np.ndim(x)), example_batch)
-    return jax.jit(functools.partial(train_step, config), in_shardings=(state_sh, frozen_sh, batch_sh),
+    return jax.jit(functools.partial(train_step, config),
+                   in_shardings=(state_sh, frozen_sh, batch_sh, sharding.replicated(mesh)),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
 def compile_step(config, mesh, frozen, example_batch):
-    """The jitted step (jit_step), called inside the mesh and the logical-axis rules."""
-    step = jit_step(config, mesh, frozen, example_batch)
+    """run(state, frozen, batch, step=None): one train step, its encoder at the capacity plan of the step's ratios.
 
-    def run(state, frozen, batch):
+    The ratios are drawn on the host first (host_mask_ratios; `step` = state.step, read from the state when not
+    given, which waits for the previous step), the plan chosen (capacity.plan) and the step compiled for that plan
+    (jit_step, cached: a run meets a few plans), then called inside the mesh and the logical-axis rules.
+    """
+    ratios_of = host_mask_ratios(config)
+    shards = sharding.batch_divisor(mesh, config)
+    steps = {}
+
+    def run(state, frozen, batch, step=None):
+        ratios = ratios_of(int(state.step) if step is None else step)
+        plan = capacity.plan(config, ratios, shards)
+        if plan not in steps:
+            steps[plan] = jit_step(with_plan(config, plan), mesh, frozen, example_batch)
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-            return step(state, frozen, batch)
+            return steps[plan](state, frozen, batch, ratios)
 
     return run
 
@@ -342,7 +393,7 @@ def train_and_evaluate(config, workdir):
     batch = first
     try:
         for step in range(start + 1, num_steps + 1):
-            state, metrics = step_fn(state, frozen, batch)
+            state, metrics = step_fn(state, frozen, batch, step - 1)
             pending.append(metrics)
             last = step == num_steps
             stop = preemption.should_stop(step)

@@ -170,10 +170,10 @@ real_compile_step = train.compile_step
 def compile_step(config, mesh, frozen, example_batch):
     step_fn = real_compile_step(config, mesh, frozen, example_batch)
 
-    def poisoned(state, frozen, batch):
+    def poisoned(state, frozen, batch, *step):
         if int(state.step) + 1 == bad:
             state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
-        return step_fn(state, frozen, batch)
+        return step_fn(state, frozen, batch, *step)
 
     return poisoned
 

@@ -37,7 +37,8 @@ class DREAM(nn.Module):
         dtype = jnp.dtype(c.dtype)
         common = dict(width=c.width, num_heads=c.num_heads, mlp_dim=c.mlp_dim, attn_dropout=c.attn_dropout,
                       proj_dropout=c.proj_dropout, dtype=dtype, remat=c.remat)
-        self.encoder = Encoder(depth=c.encoder_depth, buffer_size=c.buffer_size, num_classes=c.num_classes, **common)
+        self.encoder = Encoder(depth=c.encoder_depth, buffer_size=c.buffer_size, num_classes=c.num_classes,
+                               capacity=tuple(c.get("encoder_capacity", ())), **common)
         self.decoder = Decoder(depth=c.decoder_depth, buffer_size=c.buffer_size, **common)
         self.aligner = TextAligner(depth=c.aligner_depth, **common)
         t = c.text_tower
