@@ -1,0 +1,165 @@
+"""Training throughput of the real train step: examples/s, image tokens/s and MFU, on whatever device is present.
+
+    python benchmarks/throughput.py [--config=configs/dream_tiny.py] [--batch_size=N] [--steps=10] [--warmup=2]
+        [--mask_ratio=0.75] [--set model.width=256 --set data.source=latents ...]
+
+The step is train.compile_step's (the jitted train step of train_and_evaluate, sharded over every device, the
+encoder at the capacity plan of the step's ratios) on one random batch of the config's shapes (no input pipeline
+in the timing) and random frozen T5 / VAE weights of the config's shapes (nothing is read from disk). Masking is
+fixed at --mask_ratio so the encoder's plan and the analytic FLOPs agree. Warmup steps (compilation included) are
+excluded; the timed steps are dispatched back to back and the last result waited for (block_until_ready).
+
+MFU = flops.train_flops_per_example at --mask_ratio (plus the frozen T5 forward; the VAE is not counted) x
+examples/s / (devices x peak). The peak is the device kind's dense bf16 spec (PEAK_FLOPS). On a device with no
+spec (CPU) it is a float32 / bfloat16 matmul of the model's dtype timed in the same process, and the report says
+so: the house rule that benchmarks print ratios against a reference run in the same process.
+
+Dimension letters: B batch, N matmul size.
+"""
+
+import argparse
+import ast
+import importlib
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dream_jax import compile as compile_lib  # noqa: E402
+from dream_jax import flops, sharding, train  # noqa: E402
+from dream_jax import state as state_lib  # noqa: E402
+
+# Dense bf16 peak FLOP/s per device (a chip; v4 / v5p megacore), by a substring of jax's device_kind.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,       # v5p reports "TPU v5"
+    "TPU v6 lite": 918e12,  # v6e
+    "H100": 989e12,         # SXM; PCIe is 756e12
+    "A100": 312e12,
+}
+
+
+def spec_peak(device_kind):
+    """(FLOP/s, name) of the first PEAK_FLOPS entry whose key is in device_kind; None if none is."""
+    for key, value in PEAK_FLOPS.items():
+        if key in device_kind:
+            return value, f"{key} bf16 spec"
+    return None
+
+
+def measured_matmul_peak(dtype, size=2048, reps=10):
+    """FLOP/s of an N x N matmul in `dtype` on the default device, best of `reps` (the CPU reference)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def random_like(tree, seed=0):
+    """Arrays of the ShapeDtypeStructs' shapes: small normals for floats, small non-negative ints for ints."""
+    leaves, treedef = jax.tree.flatten(tree)
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in leaves:
+        if jnp.issubdtype(s.dtype, jnp.floating):
+            out.append((0.02 * rng.standard_normal(s.shape)).astype(s.dtype))
+        else:
+            out.append(rng.integers(0, 8, s.shape).astype(s.dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def _set(config, assignment):
+    name, value = assignment.split("=", 1)
+    *parents, leaf = name.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass  # a plain string
+    node[leaf] = value
+
+
+def make_config(args):
+    config = importlib.import_module(args.config.replace("/", ".").removesuffix(".py")).get_config()
+    for assignment in args.set:
+        _set(config, assignment)
+    if args.batch_size:
+        config.batch_size = args.batch_size
+    config.masking.kind, config.masking.fixed_ratio = "fixed", args.mask_ratio
+    return config
+
+
+def measure(config, steps, warmup):
+    """(seconds per step, compile-and-warmup seconds) of train.compile_step on random inputs."""
+    train.validate_config(config)
+    mesh = sharding.make_mesh(config)
+    train.check_batch(config, mesh)
+    with tempfile.TemporaryDirectory() as directory:  # T5 / VAE config.json stand-ins, read while tracing
+        config, _ = compile_lib._stand_in_dirs(config, directory)
+        frozen = jax.device_put(random_like(compile_lib.abstract_frozen(config)), sharding.replicated(mesh))
+        batch = sharding.global_batch(random_like(compile_lib.abstract_batch(config), seed=1), mesh, config)
+        state = train.create_state(config, mesh)
+        step_fn = train.compile_step(config, mesh, frozen, batch)
+        start = time.perf_counter()
+        for i in range(warmup):
+            state, metrics = step_fn(state, frozen, batch, i)
+        jax.block_until_ready((state, metrics))
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            state, metrics = step_fn(state, frozen, batch, i)
+        jax.block_until_ready((state, metrics))
+        return (time.perf_counter() - start) / steps, warm
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/dream_tiny.py")
+    parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--mask_ratio", type=float, default=0.75)
+    parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.width=256")
+    args = parser.parse_args()
+    config = make_config(args)
+    seconds, warm = measure(config, args.steps, args.warmup)
+
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    t5 = compile_lib._t5_shape(config) if config.text.cond_encoder == "t5" else None
+    per_example = flops.train_flops_per_example(config, args.mask_ratio, t5)
+    examples = config.batch_size / seconds
+    achieved = per_example * examples
+    peak = spec_peak(kind)
+    if peak is None:
+        dtype = jnp.dtype(config.model.dtype)
+        peak = (measured_matmul_peak(dtype), f"{dtype.name} 2048^3 matmul measured in this process")
+    peak_flops, peak_name = peak
+    print(f"DREAM-{config.model.scale} train step on {len(devices)} x {kind} ({jax.default_backend()}), "
+          f"mesh {dict(sharding.make_mesh(config).shape)}, batch {config.batch_size}, mask ratio {args.mask_ratio}")
+    print(f"  warmup ({args.warmup} steps, compilation included) {warm:.1f} s; {args.steps} timed steps")
+    print(f"  step time      {seconds * 1e3:.1f} ms")
+    print(f"  examples/s     {examples:.1f}")
+    print(f"  tokens/s       {examples * config.model.seq_len:.0f} (image tokens, {config.model.seq_len} an example)")
+    print(f"  model FLOP/s   {achieved / 1e12:.3f} TFLOP/s ({per_example / 1e9:.2f} GFLOP an example, flops.py)")
+    print(f"  peak           {peak_flops / 1e12:.3f} TFLOP/s per device ({peak_name})")
+    print(f"  MFU            {achieved / (len(devices) * peak_flops):.3f}")
+
+
+if __name__ == "__main__":
+    main()
