@@ -3,8 +3,9 @@
     python benchmarks/sampling.py --workdir=workdir/bench_tiny   # a workdir trained by benchmarks/train_tiny.py
 
 Wall time (compiled, warm) of plain decoding vs SAD (K=5, T_c=21 and 32 of 64 steps) -> ratios; and, on prompts
-of held-out attribute combinations and templates, the oracle's shape & colour match rate of plain decoding,
-SAD, and best-of-K reranking of finished images with the same scorer, over 3 seeds. Prints one JSON line.
+of held-out attribute combinations and templates, the oracle's match rate of each attribute (shape, colour,
+position, size, and shape & colour together) for plain decoding, SAD, and best-of-K reranking of finished images
+with the same scorer, over 3 seeds. Prints one JSON line (also written to WORKDIR/sampling_benchmark.json).
 """
 
 import argparse
@@ -20,12 +21,13 @@ import numpy as np
 from configs import dream_tiny
 from dream_jax import frontend, generate, sample, sharding
 from dream_jax.data import oracle, synthetic
+from dream_jax.models.dream import DREAM
 
 
 def _prompts(num, seed):
     source = synthetic.CaptionedShapes("heldout", num_examples=num, seed=seed)
     items = [source[i] for i in range(num)]
-    return [it["caption"] for it in items], {k: np.array([it[k] for it in items]) for k in ("shape", "color")}
+    return [it["caption"] for it in items], {k: np.array([it[k] for it in items]) for k in synthetic.ATTRIBUTES}
 
 
 def _timed(fn, *args):
@@ -72,26 +74,28 @@ def main():
                                              cond_mask, rng)
             result.setdefault(f"{name}_seconds", []).append(round(seconds, 3))
             images = np.asarray(frontend.tokens_to_images(config, frozen, tokens))
-            match[name].append(oracle.alignment(images, targets)["shape_color"])
+            match[name].append(oracle.alignment(images, targets))
         # Best-of-K reranking: finish K plain candidates, score the finished tokens with the same scorer.
         rep = lambda a: jnp.repeat(a, k, axis=0)  # noqa: E731
         (tokens, _, _), seconds = _timed(generate.generate, fc, base, variables, frozen, rep(clip_ids),
                                          rep(cond_ids), rep(cond_mask), rng)
         result.setdefault("rerank_k5_finished_seconds", []).append(round(seconds, 3))
-        from dream_jax.models.dream import DREAM
-
         text_emb = rep(DREAM(config.model).apply(variables, clip_ids, method=DREAM.text_embedding))
         scores = generate.sad_scores(fc, variables, tokens, jnp.zeros(tokens.shape[:2], bool), text_emb)
         best = np.asarray(scores).reshape(-1, k).argmax(1)
         chosen = np.asarray(tokens).reshape((-1, k) + tokens.shape[1:])[np.arange(len(prompts)), best]
         images = np.asarray(frontend.tokens_to_images(config, frozen, jnp.asarray(chosen)))
-        match["rerank_k5_finished"].append(oracle.alignment(images, targets)["shape_color"])
+        match["rerank_k5_finished"].append(oracle.alignment(images, targets))
     plain_time = np.mean(result["plain_seconds"])
     for name in list(settings) + ["rerank_k5_finished"]:
         result[f"{name}_time_ratio_vs_plain"] = round(float(np.mean(result[f"{name}_seconds"]) / plain_time), 3)
-        result[f"{name}_shape_color_match"] = [round(m, 4) for m in match[name]]
-        result[f"{name}_shape_color_match_mean"] = round(float(np.mean(match[name])), 4)
-    result["chance_shape_color"] = round(1 / (len(synthetic.SHAPES) * len(synthetic.COLORS)), 4)
+        for attribute in ("shape_color",) + synthetic.ATTRIBUTES:
+            rates = [m[attribute] for m in match[name]]
+            result[f"{name}_{attribute}_match"] = [round(r, 4) for r in rates]
+            result[f"{name}_{attribute}_match_mean"] = round(float(np.mean(rates)), 4)
+    result["chance"] = {"shape_color": round(1 / (len(synthetic.SHAPES) * len(synthetic.COLORS)), 4),
+                        "shape": 1 / len(synthetic.SHAPES), "color": round(1 / len(synthetic.COLORS), 4),
+                        "position": 1 / len(synthetic.POSITIONS), "size": 1 / len(synthetic.SIZES)}
     with open(os.path.join(args.workdir, "sampling_benchmark.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result))

@@ -318,14 +318,13 @@ print(f"trained to step {int(state.step)} in {time.monotonic() - start:.0f} s (c
 # ## Masking Warmup over training
 # Every step draws one masking ratio per mask group (4 here) from TruncNormal(mu, 0.45, [0, 1]); mu rises
 # linearly from 0 to 1 over the first 36 of 48 epochs. Below are the very ratios the trainer used: the same
-# function (`masking.sample_mask_ratios`) with the same per-step random key (`train.step_rngs`), checked
-# against the mean masking ratio the trainer logged.
+# function (`train.mask_ratios`: `masking.sample_mask_ratios` with the step's random key, sorted so that the
+# encoder's capacity plan fits each class of groups), checked against the mean masking ratio the trainer logged.
 
 # %% tags=["masking-plot"]
 def trained_ratios(config, num_steps):
-    """float [S, G]: the masking ratio of every group at every step, as train.prepare_inputs draws them."""
-    draw = lambda s: masking.sample_mask_ratios(train.step_rngs(config, s)["ratios"], s, config)  # noqa: E731
-    return np.asarray(jax.vmap(draw)(jnp.arange(num_steps)))
+    """float [S, G]: the masking ratio of every group at every step, as the train loop draws them."""
+    return np.asarray(jax.vmap(lambda s: train.mask_ratios(config, s))(jnp.arange(num_steps)))
 
 
 def window_means(ratios, logged_steps):
