@@ -2,10 +2,11 @@
 
     python benchmarks/sampling.py --workdir=workdir/bench_tiny   # a workdir trained by benchmarks/train_tiny.py
 
-Wall time (compiled, warm) of plain decoding vs SAD (K=5, T_c=21 and 32 of 64 steps) -> ratios; and, on prompts
-of held-out attribute combinations and templates, the oracle's match rate of each attribute (shape, colour,
-position, size, and shape & colour together) for plain decoding, SAD, and best-of-K reranking of finished images
-with the same scorer, over 3 seeds. Prints one JSON line (also written to WORKDIR/sampling_benchmark.json).
+Wall time (compiled, warm) of plain decoding vs SAD (K=5, T_c=21 and 32 of 64 steps) -> ratios, also with the
+encoder over all positions at every step (`encoder_buckets=1`: what the decoded-token encoder saves); and, on
+prompts of held-out attribute combinations and templates, the oracle's match rate of each attribute (shape,
+colour, position, size, and shape & colour together) for plain decoding, SAD, and best-of-K reranking of
+finished images with the same scorer, over 3 seeds. Prints one JSON line (also written to WORKDIR/sampling_benchmark.json).
 """
 
 import argparse
@@ -58,6 +59,10 @@ def main():
         "sad_k5_tc21": dataclasses.replace(base, num_candidates=k, sad_step=round(21 * args.num_iter / 64)),
         "sad_k5_tc32": dataclasses.replace(base, num_candidates=k, sad_step=args.num_iter // 2),
     }
+    # The same decoding with the encoder over all L positions (key-masked) at every step: what gathering the
+    # decoded tokens into capacity buckets (Options.encoder_buckets, the default) saves.
+    settings["plain_all_positions"] = dataclasses.replace(base, encoder_buckets=1)
+    settings["sad_k5_tc21_all_positions"] = dataclasses.replace(settings["sad_k5_tc21"], encoder_buckets=1)
     result = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})", "checkpoint_step": step,
               "num_iter": args.num_iter, "candidates": k, "num_prompts": args.num_prompts, "seeds": 3}
     for name, opts in settings.items():

@@ -195,6 +195,7 @@ def get_base_config(scale="B"):
         sad_step=32,
         batch_size=64,
         use_ema=True,
+        encoder_buckets=4,  # the encoder runs on the decoded tokens, capacity rounded up to L / 4 (1 = all L)
     ))
 
     # num_devices: 0 = every device; N = the first N (the mesh shape's -1 then fills those).

@@ -8,6 +8,11 @@ positions of the order stay masked, with mask_len[s+1] = floor(L cos(pi/2 (s+1)/
 and samples the revealed tokens with the diffusion head (respaced DDPM, temperature on the injected noise,
 eps = uncond + w (cond - uncond) with w ramped linearly to `cfg`). Only the tokens revealed at a step are
 denoised: their count depends on the step alone, so a static capacity C (the largest count) keeps shapes fixed.
+The decoded count before a step is also known statically (L - mask_len), so, as in MAR, the encoder runs on the
+decoded tokens only: the steps are cut into segments whose decoded counts fit one capacity bucket (a multiple
+of L / `encoder_buckets`), each a fori_loop whose encoder gathers the decoded tokens into that many slots
+(models/mae.py Encoder, as in training). Early steps, SAD's candidate phase above all, then cost a fraction of
+a full encoder pass.
 
 SAD: K candidates per prompt share the order and differ only in diffusion noise; after T_c steps DREAM's own
 encoder embeds each candidate's decoded tokens, the CLIP text tower embeds the prompt, and the best cosine
@@ -42,12 +47,15 @@ class Options:
     sampling_steps: int = 100
     num_candidates: int = 1
     sad_step: int = 0  # T_c; 0 = plain decoding
+    encoder_buckets: int = 4  # encoder capacity step L / encoder_buckets; 1 = every step on all L positions
 
     def validate(self, length):
         if not 1 <= self.num_iter <= length:
             raise ValueError(f"num_iter={self.num_iter} must be in [1, {length}]")
         if self.cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"cfg_schedule={self.cfg_schedule!r}; expected 'linear' or 'constant'")
+        if not 1 <= self.encoder_buckets <= length:
+            raise ValueError(f"encoder_buckets={self.encoder_buckets} must be in [1, {length}]")
         if self.num_candidates < 1:
             raise ValueError(f"num_candidates={self.num_candidates} must be >= 1")
         if not 0 <= self.sad_step < self.num_iter or (self.num_candidates > 1 and self.sad_step == 0):
@@ -60,7 +68,7 @@ def options_from_config(config, **overrides):
     s = config.sampling
     opts = Options(num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                    sampling_steps=config.diffusion.sampling_steps, num_candidates=s.num_candidates,
-                   sad_step=s.sad_step)
+                   sad_step=s.sad_step, encoder_buckets=s.encoder_buckets)
     return dataclasses.replace(opts, **overrides)
 
 
@@ -99,12 +107,40 @@ def capacity(length, num_iter):
     return int(np.max(-np.diff(mask_schedule(length, num_iter))))
 
 
-def _step(config, opts, ctx, rng, s, tokens, mask, capacity):
-    """Decoding step s: reveals order[lens[s+1] : lens[s]] of every sequence. Returns (tokens, mask)."""
+def encoder_segments(length, num_iter, first, last, buckets):
+    """[(start, stop, capacity)] cutting steps [first, last) where the encoder's capacity changes.
+
+    Before step s, L - mask_len[s] tokens are decoded; the capacity is that count rounded up to a multiple of
+    ceil(L / buckets) (at least one multiple), or L (all positions, key-masked) once it reaches L.
+    """
+    width = -(-length // buckets)
+    decoded = length - mask_schedule(length, num_iter)[:-1]
+    caps = [min(length, max(1, -(-int(d) // width)) * width) for d in decoded]
+    segments = []
+    for s in range(first, last):
+        if segments and segments[-1][2] == caps[s]:
+            segments[-1] = (segments[-1][0], s + 1, caps[s])
+        else:
+            segments.append((s, s + 1, caps[s]))
+    return segments
+
+
+def _with_encoder_capacity(model_config, capacity):
+    """The model config with one encoder class of `capacity` slots (() = all positions); same parameters."""
+    c = ml_collections.ConfigDict(model_config)
+    c.encoder_capacity = () if capacity >= c.seq_len else (capacity,)
+    return c
+
+
+def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
+    """Decoding step s: reveals order[lens[s+1] : lens[s]] of every sequence. Returns (tokens, mask).
+
+    `encoder_capacity`: slots for the decoded tokens (>= L - lens[s], see encoder_segments)."""
     model = DREAM(config.model)
     length = tokens.shape[1]
     lens = jnp.asarray(mask_schedule(length, opts.num_iter))
-    x, _ = model.apply(ctx.variables, tokens, mask, method=DREAM.encode)
+    encoder = DREAM(_with_encoder_capacity(config.model, encoder_capacity))
+    x, _ = encoder.apply(ctx.variables, tokens, mask, method=DREAM.encode)
     z = model.apply(ctx.variables, x, mask, ctx.text, method=DREAM.decode)
     positions = jax.lax.dynamic_slice_in_dim(ctx.orders, lens[s + 1], capacity, axis=1)  # [N, C]
     valid = jnp.arange(capacity)[None] < (lens[s] - lens[s + 1])
@@ -139,12 +175,19 @@ def _step(config, opts, ctx, rng, s, tokens, mask, capacity):
 
 
 def _run_steps(config, opts, ctx, rng, first, last, tokens, mask):
-    """Steps [first, last) in one fori_loop; step s draws from fold_in(rng, s)."""
-    # One capacity for all loops: the diffusion noise is drawn per slot, so plain decoding and SAD with K=1
-    # then draw identical numbers.
-    cap = capacity(tokens.shape[1], opts.num_iter)
-    body = lambda s, carry: _step(config, opts, ctx, jax.random.fold_in(rng, s), s, *carry, cap)  # noqa: E731
-    return jax.lax.fori_loop(first, last, body, (tokens, mask))
+    """Steps [first, last), one fori_loop per encoder segment; step s draws from fold_in(rng, s)."""
+    # One head capacity for all loops: the diffusion noise is drawn per slot, so plain decoding and SAD with
+    # K=1 then draw identical numbers.
+    length = tokens.shape[1]
+    cap = capacity(length, opts.num_iter)
+    for start, stop, enc_cap in encoder_segments(length, opts.num_iter, first, last, opts.encoder_buckets):
+        body = functools.partial(_segment_body, config, opts, ctx, rng, cap, enc_cap)
+        tokens, mask = jax.lax.fori_loop(start, stop, body, (tokens, mask))
+    return tokens, mask
+
+
+def _segment_body(config, opts, ctx, rng, cap, enc_cap, s, carry):
+    return _step(config, opts, ctx, jax.random.fold_in(rng, s), s, *carry, cap, enc_cap)
 
 
 def _repeat(a, k):

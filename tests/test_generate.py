@@ -66,6 +66,40 @@ def test_schedule_matches_the_cosine_formula():
     assert generate.decoded_fraction(256, 64, 21) == pytest.approx(1 - 222 / 256)
 
 
+@pytest.mark.parametrize("length,num_iter,buckets", [(64, 16, 4), (256, 64, 4), (256, 64, 8), (64, 64, 1), (7, 3, 2),
+                                                     (100, 37, 3), (64, 16, 64)])
+def test_encoder_segments_cover_the_steps_and_hold_the_decoded_tokens(length, num_iter, buckets):
+    decoded = length - generate.mask_schedule(length, num_iter)[:-1]
+    width = -(-length // buckets)
+    for first, last in [(0, num_iter), (0, num_iter // 2), (num_iter // 2, num_iter)]:
+        segments = generate.encoder_segments(length, num_iter, first, last, buckets)
+        steps = [s for start, stop, _ in segments for s in range(start, stop)]
+        assert steps == list(range(first, last))
+        for start, stop, cap in segments:
+            need = decoded[start:stop].max()
+            assert cap == length or cap % width == 0
+            # The smallest bucket that holds every step's decoded tokens: the next smaller would drop some.
+            assert need <= cap and (cap == width or need > (cap - 1) // width * width)
+        caps = [cap for _, _, cap in segments]
+        assert caps == sorted(caps) and len(set(caps)) == len(caps)
+
+
+def test_encoder_on_decoded_tokens_equals_all_positions(setup, monkeypatch):
+    """Gathering the decoded tokens into a capacity bucket (the default) decodes what the key-masked encoder over
+    all L positions does; a capacity too small for the decoded tokens (the control) does not."""
+    opts = dataclasses.replace(OPTS, num_iter=16, num_candidates=2, sad_step=5)
+    full, full_scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=1))
+    for buckets in (4, 64):
+        out, scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=buckets))
+        np.testing.assert_allclose(np.asarray(out), np.asarray(full), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(scores), np.asarray(full_scores), atol=1e-6)
+    segments = generate.encoder_segments
+    monkeypatch.setattr(generate, "encoder_segments",
+                        lambda *a: [(start, stop, 4) for start, stop, _ in segments(*a)])
+    small, _, _ = run(setup, dataclasses.replace(opts, encoder_buckets=16))
+    assert np.abs(np.asarray(small) - np.asarray(full)).max() > 1e-3
+
+
 def test_decoding_fills_all_tokens_and_is_deterministic(setup):
     a, _, _ = run(setup, OPTS, seed=1)
     b, _, _ = run(setup, OPTS, seed=1)
@@ -145,3 +179,5 @@ def test_bad_options_raise():
         generate.Options(num_iter=65).validate(64)
     with pytest.raises(ValueError, match="cfg_schedule"):
         generate.Options(cfg_schedule="cosine").validate(64)
+    with pytest.raises(ValueError, match="encoder_buckets"):
+        generate.Options(encoder_buckets=0).validate(64)
