@@ -17,7 +17,9 @@ Prints one JSON line per step and writes WORKDIR/onset.json.
 """
 
 import argparse
+import ast
 import dataclasses
+import functools
 import json
 import os
 
@@ -32,8 +34,13 @@ from dream_jax.models import gaussian_diffusion
 from dream_jax.models.dream import DREAM
 
 
-def _config(steps, every, steps_per_epoch):
+def _config(steps, every, steps_per_epoch, overrides=()):
     c = dream_tiny.get_config()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        parent, _, leaf = key.rpartition(".")
+        section = functools.reduce(getattr, parent.split("."), c) if parent else c
+        section[leaf] = ast.literal_eval(value)
     c.total_steps = steps
     c.steps_per_epoch = steps_per_epoch or steps // c.num_epochs + 1
     c.checkpoint_every = every
@@ -75,8 +82,10 @@ def main():
     parser.add_argument("--steps_per_epoch", type=int, default=0, help="0: compress 48 epochs into --steps")
     parser.add_argument("--num_prompts", type=int, default=64)
     parser.add_argument("--workdir", default="workdir/onset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. --set masking.kind='mar' (repeatable)")
     args = parser.parse_args()
-    config = _config(args.steps, args.every, args.steps_per_epoch)
+    config = _config(args.steps, args.every, args.steps_per_epoch, args.set)
     train.train_and_evaluate(config, args.workdir)
     mesh = sharding.make_mesh(config)
     tokenizers = frontend.make_tokenizers(config)

@@ -23,8 +23,12 @@ _FILTERED = -1e9
 
 
 def l2_normalize(x, eps=1e-12):
+    """x / max(|x|, eps) over the last axis, with a finite gradient at x = 0 (|x|'s own is 0/0 there).
+
+    A zero row is real: with every token of every example masked, the encoder sees only the (shared) buffer, and
+    the projection's batch norm maps the identical features to exactly 0."""
     x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def contrastive_loss(img_emb, txt_emb, logit_scale, valid):

@@ -151,6 +151,22 @@ def test_filtered_samples_are_not_negatives():
                - losses.contrastive_loss(img, txt, jnp.float32(2.0), all_valid)[0]) > 1e-3
 
 
+def test_l2_normalize_values_and_finite_gradient_at_zero():
+    x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+    np.testing.assert_allclose(losses.l2_normalize(x), x / np.linalg.norm(x, axis=-1, keepdims=True), rtol=1e-6)
+    # A batch whose every example is fully masked: the projection's batch norm makes each image embedding exactly
+    # 0 and no sample is valid. The loss is 0 and its gradient must be finite (|x|'s own gradient at 0 is 0/0,
+    # which stopped a fixed-ratio-1.0 training run at its first step).
+    img, txt = np.zeros((4, 6), np.float32), _batch(3, batch=4, dim=6)[1]
+    grads = jax.grad(lambda a, b: losses.contrastive_loss(a, b, jnp.float32(2.0), np.zeros(4, bool))[0],
+                     argnums=(0, 1))(img, txt)
+    for g in grads:
+        assert np.isfinite(np.asarray(g)).all()
+    # Control: zero rows among valid ones still get a finite, non-zero gradient.
+    g = jax.grad(lambda a: losses.contrastive_loss(a, txt, jnp.float32(2.0), np.ones(4, bool))[0])(img)
+    assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
+
+
 # -------------------------------------------------------------------------------------- diffusion constants
 
 
