@@ -3,7 +3,8 @@
     python benchmarks/sampling.py --workdir=workdir/bench_tiny   # a workdir trained by benchmarks/train_tiny.py
 
 Wall time (compiled, warm) of plain decoding vs SAD (K=5, T_c=21 and 32 of 64 steps) -> ratios, also with the
-encoder over all positions at every step (`encoder_buckets=1`: what the decoded-token encoder saves); and, on
+encoder over all positions at every step (`encoder_buckets=1`: what the decoded-token encoder saves), beside the
+matmul FLOP ratios of the same settings (flops.generation_flops) for this model and for DREAM-B; and, on
 prompts of held-out attribute combinations and templates, the oracle's match rate of each attribute (shape,
 colour, position, size, and shape & colour together) for plain decoding, SAD, and best-of-K reranking of
 finished images with the same scorer, over 3 seeds. Prints one JSON line (also written to WORKDIR/sampling_benchmark.json).
@@ -19,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import dream_tiny
-from dream_jax import frontend, generate, sample, sharding
+from configs import dream_b, dream_tiny
+from dream_jax import flops, frontend, generate, sample, sharding
 from dream_jax.data import oracle, synthetic
 from dream_jax.models.dream import DREAM
 
@@ -94,6 +95,14 @@ def main():
     plain_time = np.mean(result["plain_seconds"])
     for name in list(settings) + ["rerank_k5_finished"]:
         result[f"{name}_time_ratio_vs_plain"] = round(float(np.mean(result[f"{name}_seconds"]) / plain_time), 3)
+    # What the same settings cost in matmul FLOPs (flops.generation_flops), here and at DREAM-B's 256 tokens and
+    # 100 head steps: on a device kept busy by the batch, time ratios cannot fall below these.
+    for label, cfg in (("", config), ("dream_b_", dream_b.get_config())):
+        cost = lambda o: sum(flops.generation_flops(cfg, o).values())  # noqa: E731
+        scaled = {name: dataclasses.replace(o, sampling_steps=cfg.diffusion.sampling_steps)
+                  for name, o in settings.items()}
+        for name, opts in scaled.items():
+            result[f"{name}_{label}flops_ratio_vs_plain"] = round(cost(opts) / cost(scaled["plain"]), 3)
         for attribute in ("shape_color",) + synthetic.ATTRIBUTES:
             rates = [m[attribute] for m in match[name]]
             result[f"{name}_{attribute}_match"] = [round(r, 4) for r in rates]

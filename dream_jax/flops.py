@@ -4,11 +4,17 @@ The encoder is counted on the buffer + visible tokens only (the compute MAR/DREA
 on all Bf + L positions; the diffusion head on L tokens x batch_mul, as the authors compute it. Training of the
 trainable parts costs 3x their forward (backward = 2x forward); the frozen T5 runs forward only.
 
+generation_flops counts text-to-image decoding (dream_jax/generate.py) the same way: per step the encoder at the
+step's capacity bucket, the decoder on all positions and the diffusion head on the step's padded head capacity,
+times two with CFG; SAD runs the steps before T_c for K candidates and scores each once.
+
 Dimension letters: D width, M MLP hidden, L image tokens, Bf buffer, n sequence length, Lt/Dt T5 length/width,
 W head or tower width, T token dim, C CLIP context, P projection hidden, E embedding dim.
 """
 
 import math
+
+import numpy as np
 
 
 def _block(n, d, m, kv_len=None):
@@ -62,3 +68,37 @@ def train_flops_per_example(config, mask_ratio, t5=None):
     trainable = 3 * sum(forward_flops(config, mask_ratio).values())
     frozen = t5_forward_flops(length=config.model.cond_len, **t5) if t5 else 0
     return trainable + frozen
+
+
+def _head_flops_per_token(config):
+    """One diffusion-head forward on one token (as forward_flops' head, per token)."""
+    return forward_flops(config, 0.0)["diffusion head"] / (config.model.seq_len * config.diffusion.batch_mul)
+
+
+def generation_flops(config, opts):
+    """Forward FLOPs of generating one image with `opts` (generate.Options), by component.
+
+    Per step s: the encoder on the buffer + generate.encoder_capacities' slots, the decoder on all positions and
+    the head's `sampling_steps` passes on generate.capacity tokens, the decoder and head twice unless cfg = 1;
+    SAD (K = num_candidates) runs steps [0, T_c) K times and encodes (at the capacity after T_c steps) and projects
+    each candidate once to score it.
+    The text aligner, CLIP text tower and T5 run once per prompt and are not counted.
+    """
+    from dream_jax import generate  # noqa: PLC0415  (generate imports the model; flops.py stays light for callers)
+
+    m, length = config.model, config.model.seq_len
+    k, tc = (opts.num_candidates, opts.sad_step) if opts.sad_step else (1, 0)
+    branches = 1 if opts.cfg == 1.0 else 2
+    per = forward_flops(config, 0.0)
+    head = opts.sampling_steps * generate.capacity(length, opts.num_iter) * _head_flops_per_token(config)
+    copies = np.array([k if s < tc else 1 for s in range(opts.num_iter)])
+    encoder = sum(int(copies[a:b].sum()) * encoder_forward_flops(config, cap)
+                  for a, b, cap in generate.encoder_segments(length, opts.num_iter, 0, opts.num_iter,
+                                                             opts.encoder_buckets))
+    scored = int(generate.encoder_capacities(length, opts.num_iter, opts.encoder_buckets)[tc])
+    return {
+        "encoder": encoder,
+        "decoder": int(copies.sum()) * branches * per["decoder"],
+        "diffusion head": int(copies.sum()) * branches * head,
+        "sad scoring": k * (encoder_forward_flops(config, scored) + per["projections"]) if tc else 0,
+    }

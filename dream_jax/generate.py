@@ -107,15 +107,20 @@ def capacity(length, num_iter):
     return int(np.max(-np.diff(mask_schedule(length, num_iter))))
 
 
-def encoder_segments(length, num_iter, first, last, buckets):
-    """[(start, stop, capacity)] cutting steps [first, last) where the encoder's capacity changes.
+def encoder_capacities(length, num_iter, buckets):
+    """int [S + 1]: the encoder's slots before each step (and after the last, for SAD's scoring at T_c).
 
     Before step s, L - mask_len[s] tokens are decoded; the capacity is that count rounded up to a multiple of
     ceil(L / buckets) (at least one multiple), or L (all positions, key-masked) once it reaches L.
     """
     width = -(-length // buckets)
-    decoded = length - mask_schedule(length, num_iter)[:-1]
-    caps = [min(length, max(1, -(-int(d) // width)) * width) for d in decoded]
+    decoded = length - mask_schedule(length, num_iter)
+    return np.array([min(length, max(1, -(-int(d) // width)) * width) for d in decoded])
+
+
+def encoder_segments(length, num_iter, first, last, buckets):
+    """[(start, stop, capacity)] cutting steps [first, last) where the encoder's capacity changes."""
+    caps = [int(c) for c in encoder_capacities(length, num_iter, buckets)]
     segments = []
     for s in range(first, last):
         if segments and segments[-1][2] == caps[s]:
@@ -194,10 +199,13 @@ def _repeat(a, k):
     return jnp.repeat(a, k, axis=0)
 
 
-def sad_scores(config, variables, tokens, mask, text_emb):
-    """Cosine of DREAM's own embedding of the decoded tokens (masked dropped) with the prompt's: [N]."""
+def sad_scores(config, variables, tokens, mask, text_emb, encoder_capacity=None):
+    """Cosine of DREAM's own embedding of the decoded tokens (masked dropped) with the prompt's: [N].
+
+    `encoder_capacity`: slots holding every sequence's decoded tokens (None = all positions)."""
     model = DREAM(config.model)
-    x, keep = model.apply(variables, tokens, mask, method=DREAM.encode)
+    encoder = model if encoder_capacity is None else DREAM(_with_encoder_capacity(config.model, encoder_capacity))
+    x, keep = encoder.apply(variables, tokens, mask, method=DREAM.encode)
     img = model.apply(variables, x, keep, method=DREAM.image_embedding)
     return jnp.sum(losses.l2_normalize(img) * losses.l2_normalize(text_emb), axis=-1)
 
@@ -231,7 +239,8 @@ def generate(config, opts, variables, frozen, clip_ids, cond_ids, cond_mask, rng
         return tokens, jnp.zeros((batch, 1)), jnp.zeros((batch,), jnp.int32)
     tokens, mask = _run_steps(config, opts, context(k), steps_rng, 0, opts.sad_step, tokens, mask)
     text_emb = _repeat(model.apply(variables, clip_ids, method=DREAM.text_embedding), k)
-    scores = sad_scores(config, variables, tokens, mask, text_emb).reshape(batch, k)
+    scoring_capacity = int(encoder_capacities(length, opts.num_iter, opts.encoder_buckets)[opts.sad_step])
+    scores = sad_scores(config, variables, tokens, mask, text_emb, scoring_capacity).reshape(batch, k)
     best = jnp.argmax(scores, axis=1)
     pick = lambda a: a.reshape((batch, k) + a.shape[1:])[jnp.arange(batch), best]  # noqa: E731
     tokens, mask = _run_steps(config, opts, context(1), steps_rng, opts.sad_step, opts.num_iter, pick(tokens),

@@ -1,6 +1,7 @@
-"""Generation and Semantically Aligned Decoding: schedule, determinism, CFG, SAD selection, compilation."""
+"""Generation and Semantically Aligned Decoding: schedule, determinism, CFG, SAD selection, compilation, FLOPs."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import frontend, generate, state
+from dream_jax import flops, frontend, generate, state
 
 
 def small_config():
@@ -93,11 +94,12 @@ def test_encoder_on_decoded_tokens_equals_all_positions(setup, monkeypatch):
         out, scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=buckets))
         np.testing.assert_allclose(np.asarray(out), np.asarray(full), atol=1e-5)
         np.testing.assert_allclose(np.asarray(scores), np.asarray(full_scores), atol=1e-6)
-    segments = generate.encoder_segments
-    monkeypatch.setattr(generate, "encoder_segments",
-                        lambda *a: [(start, stop, 4) for start, stop, _ in segments(*a)])
-    small, _, _ = run(setup, dataclasses.replace(opts, encoder_buckets=16))
+    # Control: 4 slots before every step and for SAD's scoring (at T_c=5, 8 tokens are decoded).
+    capacities = generate.encoder_capacities
+    monkeypatch.setattr(generate, "encoder_capacities", lambda *a: np.full_like(capacities(*a), 4))
+    small, small_scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=16))
     assert np.abs(np.asarray(small) - np.asarray(full)).max() > 1e-3
+    assert np.abs(np.asarray(small_scores) - np.asarray(full_scores)).max() > 1e-4
 
 
 def test_decoding_fills_all_tokens_and_is_deterministic(setup):
@@ -181,3 +183,38 @@ def test_bad_options_raise():
         generate.Options(cfg_schedule="cosine").validate(64)
     with pytest.raises(ValueError, match="encoder_buckets"):
         generate.Options(encoder_buckets=0).validate(64)
+
+
+def _matmul_flops(jaxpr, times=1):
+    """2 x multiply-adds of every dot_general in a jaxpr, a scan's body counted `length` times (generate's loops
+    have static bounds, so they trace to scans; a while loop would have an unknown count)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        assert eqn.primitive.name != "while", "a loop of unknown trip count"
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += times * 2 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[i] for i in contract])
+        inner = times * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    total += _matmul_flops(sub, inner)
+    return int(total)
+
+
+@pytest.mark.parametrize("candidates,sad_step,buckets", [(1, 0, 4), (4, 5, 4), (4, 5, 1), (3, 12, 16)])
+def test_generation_flops_match_the_traced_matmuls(setup, candidates, sad_step, buckets):
+    """flops.generation_flops (benchmarks/sampling.py's FLOP ratios) against the matmuls generate really runs.
+
+    The traced count also holds the prompt's text parts (T5, aligner, CLIP tower: once per prompt, not counted)
+    and z_proj on masked tokens, a few percent here."""
+    config, fc, variables, frozen, text = setup
+    opts = dataclasses.replace(OPTS, num_iter=16, num_candidates=candidates, sad_step=sad_step,
+                               encoder_buckets=buckets)
+    jaxpr = jax.make_jaxpr(functools.partial(generate.generate, fc, opts))(variables, frozen, *text,
+                                                                            jax.random.key(0))
+    traced = _matmul_flops(jaxpr.jaxpr)
+    analytic = len(text[0]) * sum(flops.generation_flops(config, opts).values())
+    assert analytic < traced < 1.05 * analytic, traced / analytic

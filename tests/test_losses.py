@@ -257,7 +257,7 @@ def test_respaced_100_of_1000():
 
 
 def test_respacing_rejects_bad_counts():
-    for bad in (0, 1001):
+    for bad in (0, 1, 1001):
         with pytest.raises(ValueError, match="num_sampling_steps"):
             gd.respaced_timesteps(1000, bad)
 
