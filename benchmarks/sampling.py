@@ -39,31 +39,53 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+def _settings(config, num_iter, k):
+    """The compared decodings by name (the config's sampling and head settings, `num_iter` steps)."""
+    base = generate.options_from_config(config, num_candidates=1, sad_step=0, num_iter=num_iter)
+    settings = {
+        "plain": base,
+        "sad_k5_tc21": dataclasses.replace(base, num_candidates=k, sad_step=round(21 * num_iter / 64)),
+        "sad_k5_tc32": dataclasses.replace(base, num_candidates=k, sad_step=num_iter // 2),
+    }
+    # The same decoding with the encoder over all L positions (key-masked) at every step: what gathering the
+    # decoded tokens into capacity buckets (Options.encoder_buckets, the default) saves.
+    settings["plain_all_positions"] = dataclasses.replace(base, encoder_buckets=1)
+    settings["sad_k5_tc21_all_positions"] = dataclasses.replace(settings["sad_k5_tc21"], encoder_buckets=1)
+    return settings
+
+
+def flop_ratios(settings):
+    """Each setting's matmul FLOPs (flops.generation_flops) over plain decoding's, for the tiny model and for
+    DREAM-B (256 tokens, 100 head steps): on a device kept busy by the batch, time ratios cannot fall below these."""
+    result = {}
+    for label, config in (("", dream_tiny.get_config()), ("dream_b_", dream_b.get_config())):
+        cost = {name: sum(flops.generation_flops(config, dataclasses.replace(
+            o, sampling_steps=config.diffusion.sampling_steps)).values()) for name, o in settings.items()}
+        for name in settings:
+            result[f"{name}_{label}flops_ratio_vs_plain"] = round(cost[name] / cost["plain"], 3)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="workdir/bench_tiny")
     parser.add_argument("--num_prompts", type=int, default=32)
     parser.add_argument("--num_iter", type=int, default=64)
     parser.add_argument("--candidates", type=int, default=5)
+    parser.add_argument("--flops_only", action="store_true", help="print the FLOP ratios only (no checkpoint)")
     args = parser.parse_args()
     config = dream_tiny.get_config()
-    config.sampling.num_iter = args.num_iter
+    k = args.candidates
+    settings = _settings(config, args.num_iter, k)
+    if args.flops_only:
+        print(json.dumps({"num_iter": args.num_iter, "candidates": k, **flop_ratios(settings)}))
+        return
     mesh = sharding.make_mesh(config, jax.devices()[:1])
     variables, step = sample.restore_variables(config, args.workdir, mesh)
     tokenizers = frontend.make_tokenizers(config)
     frozen = frontend.load_frozen(config, tokenizers)
     fc = generate.freeze(config)
-    base = generate.options_from_config(config, num_candidates=1, sad_step=0)
-    k = args.candidates
-    settings = {
-        "plain": base,
-        "sad_k5_tc21": dataclasses.replace(base, num_candidates=k, sad_step=round(21 * args.num_iter / 64)),
-        "sad_k5_tc32": dataclasses.replace(base, num_candidates=k, sad_step=args.num_iter // 2),
-    }
-    # The same decoding with the encoder over all L positions (key-masked) at every step: what gathering the
-    # decoded tokens into capacity buckets (Options.encoder_buckets, the default) saves.
-    settings["plain_all_positions"] = dataclasses.replace(base, encoder_buckets=1)
-    settings["sad_k5_tc21_all_positions"] = dataclasses.replace(settings["sad_k5_tc21"], encoder_buckets=1)
+    base = settings["plain"]
     result = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})", "checkpoint_step": step,
               "num_iter": args.num_iter, "candidates": k, "num_prompts": args.num_prompts, "seeds": 3}
     for name, opts in settings.items():
@@ -95,18 +117,11 @@ def main():
     plain_time = np.mean(result["plain_seconds"])
     for name in list(settings) + ["rerank_k5_finished"]:
         result[f"{name}_time_ratio_vs_plain"] = round(float(np.mean(result[f"{name}_seconds"]) / plain_time), 3)
-    # What the same settings cost in matmul FLOPs (flops.generation_flops), here and at DREAM-B's 256 tokens and
-    # 100 head steps: on a device kept busy by the batch, time ratios cannot fall below these.
-    for label, cfg in (("", config), ("dream_b_", dream_b.get_config())):
-        cost = lambda o: sum(flops.generation_flops(cfg, o).values())  # noqa: E731
-        scaled = {name: dataclasses.replace(o, sampling_steps=cfg.diffusion.sampling_steps)
-                  for name, o in settings.items()}
-        for name, opts in scaled.items():
-            result[f"{name}_{label}flops_ratio_vs_plain"] = round(cost(opts) / cost(scaled["plain"]), 3)
         for attribute in ("shape_color",) + synthetic.ATTRIBUTES:
             rates = [m[attribute] for m in match[name]]
             result[f"{name}_{attribute}_match"] = [round(r, 4) for r in rates]
             result[f"{name}_{attribute}_match_mean"] = round(float(np.mean(rates)), 4)
+    result.update(flop_ratios(settings))
     result["chance"] = {"shape_color": round(1 / (len(synthetic.SHAPES) * len(synthetic.COLORS)), 4),
                         "shape": 1 / len(synthetic.SHAPES), "color": round(1 / len(synthetic.COLORS), 4),
                         "position": 1 / len(synthetic.POSITIONS), "size": 1 / len(synthetic.SIZES)}
