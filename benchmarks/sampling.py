@@ -59,8 +59,12 @@ def flop_ratios(settings):
     DREAM-B (256 tokens, 100 head steps): on a device kept busy by the batch, time ratios cannot fall below these."""
     result = {}
     for label, config in (("", dream_tiny.get_config()), ("dream_b_", dream_b.get_config())):
-        cost = {name: sum(flops.generation_flops(config, dataclasses.replace(
-            o, sampling_steps=config.diffusion.sampling_steps)).values()) for name, o in settings.items()}
+        parts = {name: flops.generation_flops(config, dataclasses.replace(
+            o, sampling_steps=config.diffusion.sampling_steps)) for name, o in settings.items()}
+        cost = {name: sum(p.values()) for name, p in parts.items()}
+        result[f"plain_{label}gflop_per_image"] = round(cost["plain"] / 1e9, 1)
+        result[f"plain_{label}share"] = {part: round(v / cost["plain"], 3)
+                                         for part, v in parts["plain"].items() if v}
         for name in settings:
             result[f"{name}_{label}flops_ratio_vs_plain"] = round(cost[name] / cost["plain"], 3)
     return result
