@@ -1,13 +1,15 @@
 """Cost and benefit of Semantically Aligned Decoding on a trained tiny model, on one device in one run.
 
     python benchmarks/sampling.py --workdir=workdir/bench_tiny   # a workdir trained by benchmarks/train_tiny.py
+    python benchmarks/sampling.py --flops_only                   # the FLOP ratios alone, no checkpoint
 
 Wall time (compiled, warm) of plain decoding vs SAD (K=5, T_c=21 and 32 of 64 steps) -> ratios, also with the
 encoder over all positions at every step (`encoder_buckets=1`: what the decoded-token encoder saves), beside the
 matmul FLOP ratios of the same settings (flops.generation_flops) for this model and for DREAM-B; and, on
 prompts of held-out attribute combinations and templates, the oracle's match rate of each attribute (shape,
 colour, position, size, and shape & colour together) for plain decoding, SAD, and best-of-K reranking of
-finished images with the same scorer, over 3 seeds. Prints one JSON line (also written to WORKDIR/sampling_benchmark.json).
+finished images with the same scorer, over 3 seeds. Prints one JSON line (also written to
+WORKDIR/sampling_benchmark.json).
 """
 
 import argparse
