@@ -12,10 +12,12 @@ row that passes --max_rss_gib is stopped and reported as such rather than starvi
 """
 
 import argparse
+import ctypes
 import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -56,12 +58,15 @@ def _rss_gib(pid):
     return total / GIB
 
 
-def _big_stack():
-    """1 GiB stacks for the child's threads (glibc sizes them by RLIMIT_STACK): XLA's TPU compiler recurses deeply
-    on these programs and overflowed the default 8 MiB on DREAM-B."""
+def _child_setup():
+    """In the child before exec: 1 GiB stacks for its threads (glibc sizes them by RLIMIT_STACK; XLA's TPU compiler
+    recurses deeply on these programs and overflowed the default 8 MiB on DREAM-B), and death with this script
+    (Linux prctl PR_SET_PDEATHSIG): a stopped table must not leave a 20 GiB compile running."""
     soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
     want = 1 << 30
     resource.setrlimit(resource.RLIMIT_STACK, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def run_row(scale, topology, source, max_rss_gib, accum=0):
@@ -70,7 +75,7 @@ def run_row(scale, topology, source, max_rss_gib, accum=0):
     code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source, accum=accum)
     start, peak = time.monotonic(), 0.0
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_big_stack)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_child_setup)
     while proc.poll() is None:
         peak = max(peak, _rss_gib(proc.pid))
         if peak > max_rss_gib:
