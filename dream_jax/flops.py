@@ -14,8 +14,6 @@ W head or tower width, T token dim, C CLIP context, P projection hidden, E embed
 
 import math
 
-import numpy as np
-
 
 def _block(n, d, m, kv_len=None):
     """Forward FLOPs of a pre-LN block on n tokens: qkv + proj + MLP matmuls and the two attention products."""
@@ -79,26 +77,27 @@ def generation_flops(config, opts):
     """Forward FLOPs of generating one image with `opts` (generate.Options), by component.
 
     Per step s: the encoder on the buffer + generate.encoder_capacities' slots, the decoder on all positions and
-    the head's `sampling_steps` passes on generate.capacity tokens, the decoder and head twice unless cfg = 1;
+    the head's `sampling_steps` passes on generate.head_capacities' tokens, the decoder and head twice unless cfg = 1;
     SAD (K = num_candidates) runs steps [0, T_c) K times and encodes (at the capacity after T_c steps) and projects
     each candidate once to score it.
     The text aligner, CLIP text tower and T5 run once per prompt and are not counted.
     """
     from dream_jax import generate  # noqa: PLC0415  (generate imports the model; flops.py stays light for callers)
 
-    m, length = config.model, config.model.seq_len
+    length = config.model.seq_len
     k, tc = (opts.num_candidates, opts.sad_step) if opts.sad_step else (1, 0)
     branches = 1 if opts.cfg == 1.0 else 2
     per = forward_flops(config, 0.0)
-    head = opts.sampling_steps * generate.capacity(length, opts.num_iter) * _head_flops_per_token(config)
-    copies = np.array([k if s < tc else 1 for s in range(opts.num_iter)])
-    encoder = sum(int(copies[a:b].sum()) * encoder_forward_flops(config, cap)
-                  for a, b, cap in generate.encoder_segments(length, opts.num_iter, 0, opts.num_iter,
-                                                             opts.encoder_buckets))
+    encoder = decoder_steps = head_tokens = 0
+    for a, b, enc_cap, head_cap in generate.segments(length, opts.num_iter, 0, opts.num_iter, opts.encoder_buckets):
+        copies = sum(k if s < tc else 1 for s in range(a, b))  # sequences x steps
+        encoder += copies * encoder_forward_flops(config, enc_cap)
+        decoder_steps += copies
+        head_tokens += copies * head_cap
     scored = int(generate.encoder_capacities(length, opts.num_iter, opts.encoder_buckets)[tc])
     return {
         "encoder": encoder,
-        "decoder": int(copies.sum()) * branches * per["decoder"],
-        "diffusion head": int(copies.sum()) * branches * head,
+        "decoder": decoder_steps * branches * per["decoder"],
+        "diffusion head": head_tokens * branches * opts.sampling_steps * _head_flops_per_token(config),
         "sad scoring": k * (encoder_forward_flops(config, scored) + per["projections"]) if tc else 0,
     }

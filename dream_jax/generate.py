@@ -7,12 +7,11 @@ positions of the order stay masked, with mask_len[s+1] = floor(L cos(pi/2 (s+1)/
 (masked ones dropped), the decoder with cross-attention to the aligned text (and to the empty prompt for CFG),
 and samples the revealed tokens with the diffusion head (respaced DDPM, temperature on the injected noise,
 eps = uncond + w (cond - uncond) with w ramped linearly to `cfg`). Only the tokens revealed at a step are
-denoised: their count depends on the step alone, so a static capacity C (the largest count) keeps shapes fixed.
-The decoded count before a step is also known statically (L - mask_len), so, as in MAR, the encoder runs on the
-decoded tokens only: the steps are cut into segments whose decoded counts fit one capacity bucket (a multiple
-of L / `encoder_buckets`), each a fori_loop whose encoder gathers the decoded tokens into that many slots
-(models/mae.py Encoder, as in training). Early steps, SAD's candidate phase above all, then cost a fraction of
-a full encoder pass.
+denoised: their count depends on the step alone, so a static head capacity per step (the most any step so far
+reveals) keeps shapes fixed. The decoded count before a step is also known statically (L - mask_len), so, as in
+MAR, the encoder runs on the decoded tokens only, gathered into a capacity bucket (a multiple of
+L / `encoder_buckets`; models/mae.py Encoder, as in training). The steps are cut into segments of equal
+capacities, each a fori_loop. Early steps, SAD's candidate phase above all, then cost a fraction of a full step.
 
 SAD: K candidates per prompt share the order and differ only in diffusion noise; after T_c steps DREAM's own
 encoder embeds each candidate's decoded tokens, the CLIP text tower embeds the prompt, and the best cosine
@@ -103,8 +102,19 @@ class _Context:
 
 
 def capacity(length, num_iter):
-    """The most tokens any step reveals."""
+    """The most tokens any step reveals (the padding of the orders)."""
     return int(np.max(-np.diff(mask_schedule(length, num_iter))))
+
+
+def head_capacities(length, num_iter):
+    """int [S]: the diffusion head's slots at each step, the most tokens any step up to s reveals.
+
+    The cosine schedule reveals few tokens early and more later (DREAM's 64 steps over 256 tokens: 1 at first, up
+    to 7), so padding every step to the largest count would spend 43% of the head's work on empty slots. A
+    running maximum is exact where the count rises and changes only a few times (segments stay few); it is a
+    function of the step alone, so plain decoding and SAD (whose loops split at T_c) draw the same noise.
+    """
+    return np.maximum.accumulate(-np.diff(mask_schedule(length, num_iter)))
 
 
 def encoder_capacities(length, num_iter, buckets):
@@ -118,16 +128,18 @@ def encoder_capacities(length, num_iter, buckets):
     return np.array([min(length, max(1, -(-int(d) // width)) * width) for d in decoded])
 
 
-def encoder_segments(length, num_iter, first, last, buckets):
-    """[(start, stop, capacity)] cutting steps [first, last) where the encoder's capacity changes."""
-    caps = [int(c) for c in encoder_capacities(length, num_iter, buckets)]
-    segments = []
+def segments(length, num_iter, first, last, buckets):
+    """[(start, stop, encoder capacity, head capacity)]: steps [first, last) cut where either capacity changes
+    (each segment is one compiled loop)."""
+    caps = list(zip(encoder_capacities(length, num_iter, buckets).tolist(),
+                    head_capacities(length, num_iter).tolist()))
+    out = []
     for s in range(first, last):
-        if segments and segments[-1][2] == caps[s]:
-            segments[-1] = (segments[-1][0], s + 1, caps[s])
+        if out and out[-1][2:] == caps[s]:
+            out[-1] = (out[-1][0], s + 1) + caps[s]
         else:
-            segments.append((s, s + 1, caps[s]))
-    return segments
+            out.append((s, s + 1) + caps[s])
+    return out
 
 
 def _with_encoder_capacity(model_config, capacity):
@@ -140,7 +152,8 @@ def _with_encoder_capacity(model_config, capacity):
 def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
     """Decoding step s: reveals order[lens[s+1] : lens[s]] of every sequence. Returns (tokens, mask).
 
-    `encoder_capacity`: slots for the decoded tokens (>= L - lens[s], see encoder_segments)."""
+    `capacity`: head slots (>= the tokens revealed), `encoder_capacity`: slots for the decoded tokens (>= L -
+    lens[s]); see `segments`."""
     model = DREAM(config.model)
     length = tokens.shape[1]
     lens = jnp.asarray(mask_schedule(length, opts.num_iter))
@@ -180,19 +193,16 @@ def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
 
 
 def _run_steps(config, opts, ctx, rng, first, last, tokens, mask):
-    """Steps [first, last), one fori_loop per encoder segment; step s draws from fold_in(rng, s)."""
-    # One head capacity for all loops: the diffusion noise is drawn per slot, so plain decoding and SAD with
-    # K=1 then draw identical numbers.
-    length = tokens.shape[1]
-    cap = capacity(length, opts.num_iter)
-    for start, stop, enc_cap in encoder_segments(length, opts.num_iter, first, last, opts.encoder_buckets):
-        body = functools.partial(_segment_body, config, opts, ctx, rng, cap, enc_cap)
+    """Steps [first, last), one fori_loop per segment; step s draws from fold_in(rng, s)."""
+    for start, stop, enc_cap, head_cap in segments(tokens.shape[1], opts.num_iter, first, last,
+                                                   opts.encoder_buckets):
+        body = functools.partial(_segment_body, config, opts, ctx, rng, head_cap, enc_cap)
         tokens, mask = jax.lax.fori_loop(start, stop, body, (tokens, mask))
     return tokens, mask
 
 
-def _segment_body(config, opts, ctx, rng, cap, enc_cap, s, carry):
-    return _step(config, opts, ctx, jax.random.fold_in(rng, s), s, *carry, cap, enc_cap)
+def _segment_body(config, opts, ctx, rng, head_cap, enc_cap, s, carry):
+    return _step(config, opts, ctx, jax.random.fold_in(rng, s), s, *carry, head_cap, enc_cap)
 
 
 def _repeat(a, k):

@@ -69,20 +69,28 @@ def test_schedule_matches_the_cosine_formula():
 
 @pytest.mark.parametrize("length,num_iter,buckets", [(64, 16, 4), (256, 64, 4), (256, 64, 8), (64, 64, 1), (7, 3, 2),
                                                      (100, 37, 3), (64, 16, 64)])
-def test_encoder_segments_cover_the_steps_and_hold_the_decoded_tokens(length, num_iter, buckets):
-    decoded = length - generate.mask_schedule(length, num_iter)[:-1]
+def test_segments_cover_the_steps_and_hold_the_step_tokens(length, num_iter, buckets):
+    lens = generate.mask_schedule(length, num_iter)
+    decoded, revealed = length - lens[:-1], lens[:-1] - lens[1:]
     width = -(-length // buckets)
     for first, last in [(0, num_iter), (0, num_iter // 2), (num_iter // 2, num_iter)]:
-        segments = generate.encoder_segments(length, num_iter, first, last, buckets)
-        steps = [s for start, stop, _ in segments for s in range(start, stop)]
+        segments = generate.segments(length, num_iter, first, last, buckets)
+        steps = [s for start, stop, _, _ in segments for s in range(start, stop)]
         assert steps == list(range(first, last))
-        for start, stop, cap in segments:
+        for start, stop, enc_cap, head_cap in segments:
             need = decoded[start:stop].max()
-            assert cap == length or cap % width == 0
+            assert enc_cap == length or enc_cap % width == 0
             # The smallest bucket that holds every step's decoded tokens: the next smaller would drop some.
-            assert need <= cap and (cap == width or need > (cap - 1) // width * width)
-        caps = [cap for _, _, cap in segments]
+            assert need <= enc_cap and (enc_cap == width or need > (enc_cap - 1) // width * width)
+            # The head holds every token the segment's steps reveal, and no more than the most revealed so far.
+            assert revealed[start:stop].max() <= head_cap == revealed[:stop].max()
+        caps = [cap[2:] for cap in segments]
         assert caps == sorted(caps) and len(set(caps)) == len(caps)
+    # The head's padding is small: DREAM's 64 steps over 256 tokens fill 94% of the slots (one capacity: 57%).
+    if (length, num_iter) == (256, 64):
+        slots = sum((stop - start) * head for start, stop, _, head in generate.segments(length, num_iter, 0,
+                                                                                         num_iter, buckets))
+        assert slots < 1.07 * length
 
 
 def test_encoder_on_decoded_tokens_equals_all_positions(setup, monkeypatch):
