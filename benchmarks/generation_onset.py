@@ -7,7 +7,8 @@ benchmarks/train_tiny.py and tests/test_learning.py do; --steps_per_epoch=50 kee
 stays low), keeping a checkpoint every --every steps. For each saved step (EMA weights) it reports:
 
 - `match`: the oracle's match rate of shape, colour and position for plain decoding (64 steps, CFG 3.0) of
-  --num_prompts held-out prompts, one seed;
+  --num_prompts held-out prompts, one seed; `match_sample_mode` the same for the config's own sampler (what
+  `--mode=sample` draws: SAD, 16 steps);
 - `z_gap`: how much the decoder's z says about the image: the diffusion loss of held-out images at mask ratio 0.5
   with each image's own z, against the same loss (same t and noise) with the z of another image of the batch.
   Near zero, the head ignores the visible tokens and the text, and samples are independent per-token draws
@@ -18,7 +19,6 @@ Prints one JSON line per step and writes WORKDIR/onset.json.
 
 import argparse
 import ast
-import dataclasses
 import functools
 import json
 import os
@@ -96,20 +96,22 @@ def main():
     targets = {k: np.array([it[k] for it in items]) for k in ("shape", "color", "position")}
     images = jnp.asarray(np.stack([it["image"] for it in items]))
     prompt_ids = [jnp.asarray(a) for a in sample.encode_prompts(tokenizers, captions)]
-    opts = dataclasses.replace(generate.options_from_config(config, num_candidates=1, sad_step=0), num_iter=64)
+    samplers = {"match": generate.options_from_config(config, num_candidates=1, sad_step=0, num_iter=64),
+                "match_sample_mode": generate.options_from_config(config)}
     manager = checkpoint.Manager(args.workdir, config, read_only=True)
     abstract = state.abstract_state(config, mesh)
     rows = []
     for step in manager.steps():
         restored = manager.restore(step, abstract)
         variables = {"params": restored.ema_params, "batch_stats": restored.batch_stats}
-        tokens, _, _ = generate.generate(generate.freeze(config), opts, variables, frozen, *prompt_ids,
-                                         jax.random.key(0))
-        samples = np.asarray(frontend.tokens_to_images(config, frozen, tokens))
-        match = oracle.alignment(samples, targets)
+        row = {"step": step}
+        for name, opts in samplers.items():
+            tokens, _, _ = generate.generate(generate.freeze(config), opts, variables, frozen, *prompt_ids,
+                                             jax.random.key(0))
+            samples = np.asarray(frontend.tokens_to_images(config, frozen, tokens))
+            row[name] = {k: round(v, 3) for k, v in oracle.alignment(samples, targets).items() if k in targets}
         own, other = z_gap(config, variables, frozen, tokenizers, images, captions)
-        row = {"step": step, "match": {k: round(v, 3) for k, v in match.items() if k in targets},
-               "loss_own_z": round(own, 5), "loss_other_z": round(other, 5), "z_gap": round(other - own, 5)}
+        row.update(loss_own_z=round(own, 5), loss_other_z=round(other, 5), z_gap=round(other - own, 5))
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})", "steps": args.steps,

@@ -82,7 +82,7 @@ def generation_flops(config, opts):
     each candidate once to score it.
     The text aligner, CLIP text tower and T5 run once per prompt and are not counted.
     """
-    from dream_jax import generate  # noqa: PLC0415  (generate imports the model; flops.py stays light for callers)
+    from dream_jax import generate  # generate imports the model; flops.py stays light for its other callers
 
     length = config.model.seq_len
     k, tc = (opts.num_candidates, opts.sad_step) if opts.sad_step else (1, 0)

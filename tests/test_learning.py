@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import train_helpers as th
 from configs import dream_tiny
 from dream_jax import frontend, sample, sharding, state, train
 from dream_jax.data import oracle, synthetic
@@ -79,22 +80,10 @@ def test_sample_mode_writes_grid_and_json(trained, tmp_path):
     from PIL import Image
 
     grid = np.asarray(Image.open(png).convert("RGB"))
-    images = _cells(grid, rows=len(prompts), cols=4, size=config.tokenizer.image_size)
+    images = th.grid_cells(grid, rows=len(prompts), cols=4, size=config.tokenizer.image_size)
     assert images.std() > 1 and len({im.tobytes() for im in images.reshape((-1,) + images.shape[2:])}) == 24
     # The oracle's prompt alignment of these samples is reported, not asserted: after 200 steps the tiny
-    # generator does not yet follow the text (see docs/BENCHMARKS.md); benchmarks/sampling.py measures it.
+    # generator does not yet follow the text (see docs/BENCHMARKS.md); tests/test_generation_e2e.py trains longer.
     attrs = oracle.read_attributes(images.reshape((-1,) + images.shape[2:]))
     target = np.repeat([c for _, c in [(0, 0), (1, 2), (2, 3), (3, 5), (1, 1), (0, 6)]], 4)
     print("colour alignment", float(np.mean(attrs["color"] == target)))
-
-
-def _cells(grid, rows, cols, size, pad=2):
-    """Inverse of imaging.grid for an upscaled grid: [rows, cols, size, size, 3] (nearest-neighbour down)."""
-    cell = (grid.shape[0] - pad) // rows - pad
-    up = cell // size
-    out = np.zeros((rows, cols, size, size, 3), np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            y, x = pad + r * (cell + pad), pad + c * (cell + pad)
-            out[r, c] = grid[y:y + cell:up, x:x + cell:up]
-    return out

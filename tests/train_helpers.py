@@ -144,3 +144,15 @@ def assert_trees_equal(a, b):
         assert x.dtype == y.dtype, jax.tree_util.keystr(path)
         assert x.shape == y.shape, jax.tree_util.keystr(path)
         assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), f"{jax.tree_util.keystr(path)} differs"
+
+
+def grid_cells(grid, rows, cols, size, pad=2):
+    """Inverse of imaging.grid for an upscaled grid: [rows, cols, size, size, 3] (nearest-neighbour down)."""
+    cell = (grid.shape[0] - pad) // rows - pad
+    up = cell // size
+    out = np.zeros((rows, cols, size, size, 3), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            y, x = pad + r * (cell + pad), pad + c * (cell + pad)
+            out[r, c] = grid[y:y + cell:up, x:x + cell:up]
+    return out
