@@ -42,5 +42,5 @@ def test_briefly_trained_tiny_model_draws_the_prompted_position(tmp_path):
     read = oracle.read_attributes(images)
     rates = {k: float(np.mean(read[k] == np.array([it[k] for it in items]))) for k in ("position", "color", "shape")}
     print("alignment", rates)
-    # Chance is 1/5 for the position: 0.4 is four binomial standard deviations above it at 64 prompts.
-    assert rates["position"] > 2 / len(synthetic.POSITIONS), rates
+    # Chance is 1/5 for the position; a prompt-blind generator matches more than 22 of 64 with probability 0.002.
+    assert rates["position"] > 0.35, rates
