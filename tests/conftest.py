@@ -8,7 +8,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # xdist groups that train a model (minutes each), longest first: started at once on their own workers, they
 # overlap the many short tests instead of trailing them (CI runs `-n 2 --dist loadgroup` on 2 cores).
-_LONG_GROUPS = ("generation_e2e", "trained_tiny", "eval_run")
+_LONG_GROUPS = ("trained_tiny", "eval_run")
 
 
 def _rank(item):
