@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices for sharding tests, set before jax is imported; the longest tests first."""
+"""Test setup: 8 fake CPU devices for sharding tests, set before jax is imported; the longest modules first."""
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -6,15 +6,16 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# xdist groups that train a model (minutes each), longest first: started at once on their own workers, they
-# overlap the many short tests instead of trailing them (CI runs `-n 2 --dist loadgroup` on 2 cores).
-_LONG_GROUPS = ("trained_tiny", "eval_run")
+# Modules that train a model in a module-scoped fixture (minutes each), longest first. CI runs
+# `-n 2 --dist loadscope`: a module stays on one worker (its fixture runs once; pytest 9 ignores the nodeid suffix
+# by which xdist 3.8's loadgroup would group tests, so loadgroup split these modules and trained twice), and
+# started at once they overlap the many short modules instead of trailing them.
+_LONG_MODULES = ("test_learning.py", "test_eval_run.py", "test_notebook.py")
 
 
 def _rank(item):
-    marker = item.get_closest_marker("xdist_group")
-    group = marker.args[0] if marker and marker.args else None
-    return _LONG_GROUPS.index(group) if group in _LONG_GROUPS else len(_LONG_GROUPS)
+    name = item.path.name
+    return _LONG_MODULES.index(name) if name in _LONG_MODULES else len(_LONG_MODULES)
 
 
 def pytest_collection_modifyitems(items):

@@ -16,7 +16,6 @@ from configs import common
 from dream_jax import checkpoint, frontend, main, sharding, state
 from dream_jax.evaluation import run
 
-pytestmark = pytest.mark.xdist_group("eval_run")  # one worker trains the module's workdir once
 
 STEPS = 20
 

@@ -21,7 +21,6 @@ from dream_jax import frontend, sample, sharding, state
 from dream_jax.data import oracle, synthetic
 from dream_jax.evaluation import zero_shot
 
-pytestmark = pytest.mark.xdist_group("trained_tiny")
 
 STEPS = 1000
 OVERRIDES = {"total_steps": STEPS, "steps_per_epoch": STEPS // 48 + 1, "batch_size": 32, "checkpoint_every": STEPS}

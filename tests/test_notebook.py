@@ -114,7 +114,6 @@ def executed(tmp_path_factory):
     return notebook
 
 
-@pytest.mark.xdist_group("notebook")
 def test_notebook_shows_loss_and_masking_plots(executed):
     assert _pngs(_tagged(executed, "loss-plot")), "no loss plot"
     assert "trained to step 6" in _text(_tagged(executed, "loss-plot"))
@@ -125,21 +124,18 @@ def test_notebook_shows_loss_and_masking_plots(executed):
     assert diff and float(diff.group(1)) < 1e-5
 
 
-@pytest.mark.xdist_group("notebook")
 def test_notebook_shows_plain_and_sad_sample_grids(executed):
     cell = _tagged(executed, "samples")
     assert len(_pngs(cell)) == 2, "expected a plain and a SAD grid"
     assert re.search(r"plain [0-9.-]+, SAD [0-9.-]+", _text(cell))
 
 
-@pytest.mark.xdist_group("notebook")
 def test_notebook_prints_a_zero_shot_accuracy(executed):
     found = re.search(r"zero-shot top-1 accuracy: ([0-9.]+)", _text(_tagged(executed, "zero-shot")))
     assert found, "no zero-shot number printed"
     assert 0.0 <= float(found.group(1)) <= 1.0
 
 
-@pytest.mark.xdist_group("notebook")
 def test_notebook_exports_to_pytorch_when_torch_is_present(executed):
     pytest.importorskip("torch")
     text = "".join(_text(c) for c in executed.cells if c.cell_type == "code")
