@@ -18,8 +18,6 @@ Prints one JSON line per step and writes WORKDIR/onset.json.
 """
 
 import argparse
-import ast
-import functools
 import json
 import os
 
@@ -27,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import dream_tiny
+from configs import common, dream_tiny
 from dream_jax import checkpoint, frontend, generate, losses, masking, sample, sharding, state, train
 from dream_jax.data import oracle, synthetic
 from dream_jax.models import gaussian_diffusion
@@ -36,11 +34,8 @@ from dream_jax.models.dream import DREAM
 
 def _config(steps, every, steps_per_epoch, overrides=()):
     c = dream_tiny.get_config()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        parent, _, leaf = key.rpartition(".")
-        section = functools.reduce(getattr, parent.split("."), c) if parent else c
-        section[leaf] = ast.literal_eval(value)
+    for assignment in overrides:
+        common.apply_override(c, assignment)
     c.total_steps = steps
     c.steps_per_epoch = steps_per_epoch or steps // c.num_epochs + 1
     c.checkpoint_every = every

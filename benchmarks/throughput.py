@@ -18,7 +18,6 @@ Dimension letters: B batch, N matmul size.
 """
 
 import argparse
-import ast
 import importlib
 import os
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs import common  # noqa: E402
 from dream_jax import compile as compile_lib  # noqa: E402
 from dream_jax import flops, sharding, train  # noqa: E402
 from dream_jax import state as state_lib  # noqa: E402
@@ -81,23 +81,10 @@ def random_like(tree, seed=0):
     return jax.tree.unflatten(treedef, out)
 
 
-def _set(config, assignment):
-    name, value = assignment.split("=", 1)
-    *parents, leaf = name.split(".")
-    node = config
-    for p in parents:
-        node = node[p]
-    try:
-        value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass  # a plain string
-    node[leaf] = value
-
-
 def make_config(args):
     config = importlib.import_module(args.config.replace("/", ".").removesuffix(".py")).get_config()
     for assignment in args.set:
-        _set(config, assignment)
+        common.apply_override(config, assignment)
     if args.batch_size:
         config.batch_size = args.batch_size
     config.masking.kind, config.masking.fixed_ratio = "fixed", args.mask_ratio

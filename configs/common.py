@@ -4,6 +4,8 @@ Every number is ../shared/PAPER.md's (the authors' train_dream.sh / main.py); a 
 overrides what it must. Imports ml_collections only.
 """
 
+import ast
+
 import ml_collections
 
 # name: (width D, encoder depth, decoder depth, heads, MLP hidden)  -- PAPER.md §1.2
@@ -84,6 +86,21 @@ def eval_settings(kind, **overrides):
         raise ValueError(f"evaluator {kind!r} has no settings {unknown}; expected some of "
                          f"{sorted(EVAL_DEFAULTS[kind])}")
     return dict(EVAL_DEFAULTS[kind], kind=kind, **overrides)
+
+
+def apply_override(config, assignment):
+    """Sets `config.a.b = value` from the string "a.b=value" (a Python literal, else the plain string): the
+    benchmarks' `--set` flag."""
+    name, value = assignment.split("=", 1)
+    *parents, leaf = name.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass  # a plain string
+    node[leaf] = value
 
 
 def scale_config(scale):
