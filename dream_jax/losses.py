@@ -2,9 +2,10 @@
 
 Contrastive: image and text embeddings are L2-normalised, logits = exp(logit_scale) img @ txt^T over the whole
 global batch (jit over a sharded batch gathers the negatives; no hand-written all-gather). Samples with less
-than 25% visible tokens are removed both as queries and as negatives. The paper's code masks rows of one
-direction and columns of the other with -1e9; we read "removed as queries and negatives" symmetrically: the loss
-is the standard CLIP loss of the valid sub-batch, averaged over valid samples in both directions.
+than 25% visible tokens are filtered as the authors' code does: their rows of the i2t logits and their columns of
+the t2i logits (= i2t^T) are set to -1e9. A filtered sample's image is thus neither a query nor a negative, its
+own text query is dropped (its positive is gone), but its text stays a negative for the valid images' i2t
+queries. Each direction's cross entropy is averaged over valid samples, and the loss is their mean.
 
 Diffusion: the batch is repeated `batch_mul` times with independent t and noise, the per-token loss is averaged
 over masked tokens within each mask group, groups whose mask ratio is < 0.5 are zeroed, and the result is
@@ -32,19 +33,22 @@ def l2_normalize(x, eps=1e-12):
 
 
 def contrastive_loss(img_emb, txt_emb, logit_scale, valid):
-    """Filtered symmetric InfoNCE. img_emb, txt_emb [B, E]; valid bool [B]. Returns (loss, accuracy)."""
+    """Filtered InfoNCE, the authors' filter (see the module docstring). Returns (loss, accuracy).
+
+    img_emb, txt_emb [B, E]; valid bool [B]. The authors' i2t rows and t2i columns of a filtered sample are both
+    its image's row of the [B_img, B_txt] logits, so one row mask serves both directions. The accuracy is that of
+    the valid images' i2t queries over all B texts. With no valid sample the loss is 0 with zero gradients: the
+    per-sample losses are selected away by jnp.where (an all -1e9 row or column has a finite logsumexp).
+    """
     img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
-    logits = jnp.exp(logit_scale) * img @ txt.T
-    both = valid[:, None] & valid[None, :]
-    logits = jnp.where(both, logits, _FILTERED)
+    logits = jnp.where(valid[:, None], jnp.exp(logit_scale) * img @ txt.T, _FILTERED)  # [B_img, B_txt]
     diag = jnp.diagonal(logits)
     i2t = jax.nn.logsumexp(logits, axis=1) - diag
     t2i = jax.nn.logsumexp(logits, axis=0) - diag
-    weight = valid.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(weight), 1.0)
-    loss = jnp.sum((i2t + t2i) * weight) / (2 * count)
-    correct = (jnp.argmax(logits, axis=1) == jnp.arange(logits.shape[0])).astype(jnp.float32)
-    return loss, jnp.sum(correct * weight) / count
+    count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+    loss = jnp.sum(jnp.where(valid, i2t + t2i, 0.0)) / (2 * count)
+    correct = jnp.argmax(logits, axis=1) == jnp.arange(logits.shape[0])
+    return loss, jnp.sum((correct & valid).astype(jnp.float32)) / count
 
 
 def diffusion_draws(rng, num, token_dim, num_steps):

@@ -1,8 +1,10 @@
 """DREAM's losses against independent float64 numpy references.
 
-- Filtered symmetric InfoNCE: value, accuracy and gradients (both embeddings and logit_scale) on a batch sharded
-  over 8 devices under jit == a numpy float64 reference with hand-derived gradients (itself checked by finite
-  differences), where samples with < 25% visible tokens are dropped as queries and as negatives.
+- Filtered InfoNCE: value, accuracy and gradients (both embeddings and logit_scale) on batches sharded over 8
+  devices under jit, some with several samples filtered, == a numpy float64 reference of the authors' filter
+  with hand-derived gradients (itself checked by finite differences). A sample with < 25% visible tokens loses
+  its i2t query, its t2i query and its image as a negative; its text stays an i2t negative, so the loss is not
+  the CLIP loss of the valid sub-batch.
 - Diffusion constants (cosine betas, alphas_cumprod, posterior variance / mean coefficients, the 100-of-1000
   respacing) == the IDDPM formulas re-written here in float64 numpy.
 - The diffusion loss counts only masked tokens and zeroes groups whose mask ratio is < 0.5.
@@ -40,26 +42,40 @@ def _np_softmax(z, axis):
 
 
 def np_clip_loss(img, txt, log_scale, valid):
-    """float64 reference: CLIP loss on the valid sub-batch; returns loss, accuracy, d/dimg, d/dtxt, d/dlog_scale."""
+    """float64 reference of the authors' filter; returns loss, accuracy, d/dimg, d/dtxt, d/dlog_scale.
+
+    Written with index sets instead of -1e9 masks: the i2t queries are the valid images against all B texts,
+    the t2i queries the valid texts against the valid images; each cross entropy is a mean over the n valid.
+    """
     img, txt, valid = np.float64(img), np.float64(txt), np.asarray(valid, bool)
     idx = np.flatnonzero(valid)
     n = len(idx)
-    a, na = _np_normalize(img[idx])
-    b, nb = _np_normalize(txt[idx])
+    a, na = _np_normalize(img)
+    b, nb = _np_normalize(txt)
     s = math.exp(log_scale)
-    z = s * a @ b.T
-    diag = np.diagonal(z)
-    loss = ((_np_logsumexp(z, 1) - diag).sum() + (_np_logsumexp(z, 0) - diag).sum()) / (2 * n)
-    acc = np.mean(np.argmax(z, axis=1) == np.arange(n))
-    # dL/dz of the mean of the two cross entropies.
-    g = (_np_softmax(z, 1) + _np_softmax(z, 0) - 2 * np.eye(n)) / (2 * n)
+    z = s * a @ b.T  # [B_img, B_txt]
+    i2t, t2i = z[idx], z[np.ix_(idx, idx)]  # [n, B], [n_img, n_txt]
+    pos = z[idx, idx]
+    loss = ((_np_logsumexp(i2t, 1) - pos).sum() + (_np_logsumexp(t2i, 0) - pos).sum()) / (2 * n)
+    acc = np.mean(np.argmax(i2t, axis=1) == idx)
+    # dL/dz of the mean of the two cross entropies: softmax minus one-hot in each direction, on its own entries.
+    g = np.zeros_like(z)
+    g[idx] += _np_softmax(i2t, 1)
+    g[np.ix_(idx, idx)] += _np_softmax(t2i, 0)
+    g[idx, idx] -= 2.0
+    g /= 2 * n
     ga, gb = s * g @ b, s * g.T @ a
     g_scale = np.sum(g * z)
     # Through x / |x|: (g - u (u . g)) / |x|.
-    g_img, g_txt = np.zeros_like(img), np.zeros_like(txt)
-    g_img[idx] = (ga - a * np.sum(a * ga, -1, keepdims=True)) / na
-    g_txt[idx] = (gb - b * np.sum(b * gb, -1, keepdims=True)) / nb
+    g_img = (ga - a * np.sum(a * ga, -1, keepdims=True)) / na
+    g_txt = (gb - b * np.sum(b * gb, -1, keepdims=True)) / nb
     return loss, acc, g_img, g_txt, g_scale
+
+
+def np_sub_batch_clip_loss(img, txt, log_scale, valid):
+    """The standard CLIP loss of the valid sub-batch (dream_jax's former, symmetric reading of the filter)."""
+    keep = np.asarray(valid, bool)
+    return np_clip_loss(np.float64(img)[keep], np.float64(txt)[keep], log_scale, np.ones(keep.sum(), bool))[0]
 
 
 def _batch(seed, batch=16, dim=8):
@@ -82,8 +98,10 @@ def test_reference_gradients_by_finite_differences():
     img, txt = np.float64(img), np.float64(txt)
     _, _, g_img, g_txt, g_scale = np_clip_loss(img, txt, 1.3, valid)
     h = 1e-6
+    # Rows 1 and 4 are filtered: their images get no gradient, their texts (i2t negatives) do.
+    assert np.all(g_img[~valid] == 0) and np.all(np.abs(g_txt[~valid]).sum(-1) > 1e-3)
     for arr, grad in ((img, g_img), (txt, g_txt)):
-        for i, j in [(0, 0), (1, 2), (3, 4), (5, 1)]:
+        for i, j in [(0, 0), (1, 2), (3, 4), (4, 3), (5, 1)]:
             plus, minus = arr.copy(), arr.copy()
             plus[i, j] += h
             minus[i, j] -= h
@@ -111,10 +129,11 @@ def _clip_value_and_grad(img, txt, log_scale, valid):
 @pytest.mark.parametrize("counts", [
     # masked tokens per sample (of 256): 192 is exactly 25% visible (kept), 193 is just below (dropped).
     [0, 192, 193, 255, 256, 10, 100, 200, 64, 128, 191, 194, 0, 32, 250, 150],
+    [0, 200, 64, 256, 128, 0, 193, 32],  # 3 of 8 filtered, one sample per device
     [0] * 16,
 ])
 def test_contrastive_loss_sharded_matches_numpy(counts):
-    img, txt = _batch(1)
+    img, txt = _batch(1, batch=len(counts))
     valid = _valid_from_masked_counts(counts)
     log_scale = np.float32(math.log(1 / 0.07))
     mesh = _mesh8()
@@ -133,22 +152,41 @@ def test_contrastive_loss_sharded_matches_numpy(counts):
     assert 0.0 < ref_acc < 1.0
 
 
-def test_filtered_samples_are_not_negatives():
-    # A dropped sample must not act as a negative: moving its text onto a valid sample's image changes nothing.
+def _filtered_batch():
+    """8 samples of which 3 are filtered, at logit scale e^2."""
     img, txt = _batch(2, batch=8)
-    valid = np.array([True, True, False, True, True, False, True, True])
-    base = losses.contrastive_loss(img, txt, jnp.float32(2.0), valid)[0]
+    return img, txt, np.float32(2.0), np.array([True, True, False, True, True, False, True, False])
+
+
+def test_filtered_loss_is_the_authors_not_the_sub_batch_clip_loss():
+    # The former symmetric reading of the filter, the valid sub-batch's CLIP loss, fails here (1.1157 vs 1.2360).
+    img, txt, log_scale, valid = _filtered_batch()
+    loss, acc = losses.contrastive_loss(img, txt, log_scale, valid)
+    ref_loss, ref_acc = np_clip_loss(img, txt, float(log_scale), valid)[:2]
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(acc, ref_acc, rtol=1e-6)
+    assert abs(ref_loss - np_sub_batch_clip_loss(img, txt, float(log_scale), valid)) > 1e-2
+    # With every sample valid the two readings are one and the same CLIP loss.
+    all_valid = np.ones(8, bool)
+    np.testing.assert_allclose(losses.contrastive_loss(img, txt, log_scale, all_valid)[0],
+                               np_sub_batch_clip_loss(img, txt, float(log_scale), all_valid), rtol=1e-5)
+
+
+def test_filtered_image_is_dropped_but_its_text_stays_a_negative():
+    img, txt, log_scale, valid = _filtered_batch()
+    base = losses.contrastive_loss(img, txt, log_scale, valid)
+    # A filtered image is neither a query nor a negative: moving it onto a valid text changes nothing.
+    img2 = img.copy()
+    img2[2] = txt[1] * 5
+    img2[5] = txt[3]
+    for got, want in zip(losses.contrastive_loss(img2, txt, log_scale, valid), base):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # A filtered text is still a negative of the valid images' i2t queries: moving it onto one changes the loss.
     txt2 = txt.copy()
     txt2[2] = img[0] * 5
-    txt2[5] = img[3]
-    img2 = img.copy()
-    img2[2] = txt[1]
-    moved = losses.contrastive_loss(img2, txt2, jnp.float32(2.0), valid)[0]
-    np.testing.assert_allclose(moved, base, rtol=1e-6)
-    # Control: the same move with every sample valid does change the loss.
-    all_valid = np.ones(8, bool)
-    assert abs(losses.contrastive_loss(img2, txt2, jnp.float32(2.0), all_valid)[0]
-               - losses.contrastive_loss(img, txt, jnp.float32(2.0), all_valid)[0]) > 1e-3
+    moved = losses.contrastive_loss(img, txt2, log_scale, valid)[0]
+    assert float(moved) - float(base[0]) > 1e-2
+    np.testing.assert_allclose(moved, np_clip_loss(img, txt2, float(log_scale), valid)[0], rtol=1e-5)
 
 
 def test_l2_normalize_values_and_finite_gradient_at_zero():
@@ -158,10 +196,12 @@ def test_l2_normalize_values_and_finite_gradient_at_zero():
     # 0 and no sample is valid. The loss is 0 and its gradient must be finite (|x|'s own gradient at 0 is 0/0,
     # which stopped a fixed-ratio-1.0 training run at its first step).
     img, txt = np.zeros((4, 6), np.float32), _batch(3, batch=4, dim=6)[1]
-    grads = jax.grad(lambda a, b: losses.contrastive_loss(a, b, jnp.float32(2.0), np.zeros(4, bool))[0],
-                     argnums=(0, 1))(img, txt)
+    none = np.zeros(4, bool)
+    (loss, acc), grads = jax.value_and_grad(lambda a, b: losses.contrastive_loss(a, b, jnp.float32(2.0), none),
+                                            argnums=(0, 1), has_aux=True)(img, txt)
+    assert float(loss) == 0.0 and float(acc) == 0.0
     for g in grads:
-        assert np.isfinite(np.asarray(g)).all()
+        assert np.all(np.asarray(g) == 0)
     # Control: zero rows among valid ones still get a finite, non-zero gradient.
     g = jax.grad(lambda a: losses.contrastive_loss(a, txt, jnp.float32(2.0), np.ones(4, bool))[0])(img)
     assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0

@@ -505,14 +505,17 @@ class DREAM(nn.Module):
 
 # -------------------------------------------------------------------------------------------------- loss
 def contrastive_loss(img, txt, logit_scale, valid):
-    """Filtered symmetric InfoNCE over the whole batch (dream_jax's reading of the authors' filter)."""
+    """The authors' filtered InfoNCE: i2t rows and t2i columns of filtered samples set to -1e9.
+
+    img, txt [B, E]; valid bool [B]. Both are the filtered image's row of the [B_img, B_txt] logits, so a filtered
+    sample's text stays an i2t negative. Each direction's cross entropy is averaged over valid samples.
+    """
     img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
-    logits = logit_scale.exp() * img @ txt.T
-    logits = logits.masked_fill(~(valid[:, None] & valid[None, :]), -1e9)
+    logits = (logit_scale.exp() * img @ txt.T).masked_fill(~valid[:, None], -1e9)  # [B_img, B_txt]
     diag = logits.diagonal()
     per_sample = (torch.logsumexp(logits, dim=1) - diag) + (torch.logsumexp(logits, dim=0) - diag)
-    weight = valid.float()
-    return (per_sample * weight).sum() / (2 * weight.sum().clamp(min=1.0))
+    per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))
+    return per_sample.sum() / (2 * valid.float().sum().clamp(min=1.0))
 
 
 def dream_loss(model, tokens, mask, clip_ids, cond, t, noise, *, num_groups, gen_weight=1.0, clip_weight=0.005,
