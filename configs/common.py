@@ -152,6 +152,11 @@ def get_base_config(scale="B"):
         patch_size=2,
         vae_path="",
         latent_scale=0.18215,
+        # pixels only: > 0 projects each patch onto its top pca_dim whitened principal components, fitted on
+        # pca_examples rendered training images of seed pca_seed (dream_jax/models/patch_pca.py); 0 = raw patches.
+        pca_dim=0,
+        pca_examples=2048,
+        pca_seed=0,
     ))
     c.text = ml_collections.ConfigDict(dict(
         clip_tokenizer="clip_bpe",

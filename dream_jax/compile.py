@@ -92,6 +92,8 @@ def abstract_frozen(config):
     if config.tokenizer.kind == "vae":
         image = jnp.zeros((1, 8, 8, 3), jnp.float32)
         frozen["vae"] = {"params": jax.eval_shape(lambda: frontend.vae(config).init(key, image))["params"]}
+    if config.tokenizer.pca_dim:
+        frozen["pca"] = jax.eval_shape(lambda: frontend.fit_pca(config))
     frozen["empty_cond"] = jax.eval_shape(lambda c: frontend.cond_features(config, {"cond": c}, ids, ids)[0], cond)
     return frozen
 

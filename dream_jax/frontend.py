@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dream_jax.models import patch_pca
 from dream_jax.models import patchify as patchify_lib
 from dream_jax.models import t5 as t5_lib
 
@@ -151,9 +152,26 @@ def load_frozen(config, tokenizers):
         from dream_jax import pretrained
 
         frozen["vae"] = {"params": pretrained.load_vae(config.tokenizer.vae_path)[1]}
+    if config.tokenizer.pca_dim:
+        frozen["pca"] = fit_pca(config)
     empty_ids, empty_mask = tokenizers.cond_ids([""])
     frozen["empty_cond"] = cond_features(config, frozen, jnp.asarray(empty_ids), jnp.asarray(empty_mask))[0]
     return frozen
+
+
+def fit_pca(config):
+    """patch_pca.fit on the patches of `tokenizer.pca_examples` rendered training images (seed `pca_seed`).
+
+    The embedded shapes are the only source that renders without reading data, so the fit is reproducible from
+    the config alone (the frozen pytree is never checkpointed)."""
+    from dream_jax.data import synthetic
+
+    tok = config.tokenizer
+    source = synthetic.CaptionedShapes("train", num_examples=tok.pca_examples, seed=tok.pca_seed,
+                                       image_size=tok.image_size)
+    images = np.stack([source[i]["image"] for i in range(tok.pca_examples)])
+    patches = patchify_lib.patchify(np.asarray(normalize(images)), tok.patch_size)
+    return jax.tree.map(jnp.asarray, patch_pca.fit(patches.reshape(-1, patches.shape[-1]), tok.pca_dim))
 
 
 def cond_encoder(config):
@@ -199,7 +217,8 @@ def images_to_tokens(config, frozen, images, rng):
         return moments_to_tokens(config, mean, logvar, rng)
     x = normalize(images)
     if tok.kind == "pixels":
-        return patchify_lib.patchify(x, tok.patch_size)
+        patches = patchify_lib.patchify(x, tok.patch_size)
+        return patch_pca.encode(frozen["pca"], patches) if tok.pca_dim else patches
     mean, logvar = vae(config).apply(frozen["vae"], x, method="encode")
     return moments_to_tokens(config, mean, logvar, rng)
 
@@ -216,7 +235,8 @@ def tokens_to_images(config, frozen, tokens):
     """tokens [B, L, T] -> uint8 images [B, H, W, 3]."""
     tok = config.tokenizer
     if tok.kind == "pixels":
-        x = patchify_lib.unpatchify(tokens, tok.patch_size, 3)
+        patches = patch_pca.decode(frozen["pca"], tokens) if tok.pca_dim else tokens
+        x = patchify_lib.unpatchify(patches, tok.patch_size, 3)
     else:
         latent = patchify_lib.unpatchify(tokens, tok.patch_size, 4) / tok.latent_scale
         x = vae(config).apply(frozen["vae"], latent, method="decode")

@@ -113,7 +113,11 @@ def format_seconds(seconds):
 
 
 class Progress:
-    """Steps/s, examples/s and ETA between successive updates (the first interval includes compilation)."""
+    """Steps/s, examples/s and ETA between successive updates, leaving out the time handed to `pause`.
+
+    The train loop hands in the seconds it spent compiling a step (and evaluating), so the first line's rate is
+    the steady one and the ETA (remaining steps at the median rate of the last 5 intervals) holds from the start.
+    """
 
     def __init__(self, start_step, total_steps, batch_size, clock=time.monotonic):
         self.total = total_steps
@@ -121,12 +125,17 @@ class Progress:
         self._clock = clock
         self._last_step = start_step
         self._last_time = clock()
+        self._paused = 0.0
         self._rates = []
+
+    def pause(self, seconds):
+        """Leaves `seconds` of the current interval out of its rate (compilation, evaluation)."""
+        self._paused += max(0.0, seconds)
 
     def update(self, step):
         now = self._clock()
-        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
+        rate = (step - self._last_step) / max(now - self._last_time - self._paused, 1e-9)
+        self._last_step, self._last_time, self._paused = step, now, 0.0
         self._rates.append(rate)
         recent = float(np.median(self._rates[-5:]))
         return {"steps_per_sec": rate, "examples_per_sec": rate * self.batch_size,

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import signal
+import time
 
 import flax.linen as nn
 import jax
@@ -279,6 +280,8 @@ def compile_step(config, mesh, frozen, example_batch):
     The ratios are drawn on the host first (host_mask_ratios; `step` = state.step, read from the state when not
     given, which waits for the previous step), the plan chosen (capacity.plan) and the step compiled for that plan
     (jit_step, cached: a run meets a few plans), then called inside the mesh and the logical-axis rules.
+    `run.compile_seconds` adds up the wall time of the calls that compiled a new plan (each waited for), so that
+    the progress line's steps/s and ETA leave compilation out.
     """
     ratios_of = host_mask_ratios(config)
     shards = sharding.batch_divisor(mesh, config)
@@ -287,11 +290,19 @@ def compile_step(config, mesh, frozen, example_batch):
     def run(state, frozen, batch, step=None):
         ratios = ratios_of(int(state.step) if step is None else step)
         plan = capacity.plan(config, ratios, shards)
-        if plan not in steps:
+        new = plan not in steps
+        if new:
+            jax.block_until_ready(state)  # the previous steps' time is theirs, not this compilation's
+            start = time.monotonic()
             steps[plan] = jit_step(with_plan(config, plan), mesh, frozen, example_batch)
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-            return steps[plan](state, frozen, batch, ratios)
+            out = steps[plan](state, frozen, batch, ratios)
+        if new:
+            jax.block_until_ready(out)
+            run.compile_seconds += time.monotonic() - start
+        return out
 
+    run.compile_seconds = 0.0
     return run
 
 
@@ -344,10 +355,15 @@ def validate_config(config):
     image, patch = config.tokenizer.image_size, config.tokenizer.patch_size
     stride = patch * (8 if config.tokenizer.kind == "vae" else 1)
     channels = 4 if config.tokenizer.kind == "vae" else 3
-    if image % stride or (image // stride) ** 2 != m.seq_len or channels * patch * patch != m.token_dim:
+    dim = config.tokenizer.pca_dim or channels * patch * patch
+    if image % stride or (image // stride) ** 2 != m.seq_len or dim != m.token_dim:
         raise ValueError(f"tokenizer ({config.tokenizer.kind}, image {image}, patch {patch}) gives "
-                         f"{(image // stride) ** 2} tokens of dim {channels * patch * patch}, but model.seq_len="
+                         f"{(image // stride) ** 2} tokens of dim {dim}, but model.seq_len="
                          f"{m.seq_len} and model.token_dim={m.token_dim}")
+    if config.tokenizer.pca_dim and (config.tokenizer.kind != "pixels" or config.data.source != "shapes"):
+        raise ValueError(f"tokenizer.pca_dim={config.tokenizer.pca_dim} is fitted on the embedded shapes: it needs "
+                         f"tokenizer.kind='pixels' and data.source='shapes', not {config.tokenizer.kind!r} / "
+                         f"{config.data.source!r}")
     learning_rate(config)
 
 
@@ -391,6 +407,7 @@ def train_and_evaluate(config, workdir):
     progress = summary_lib.Progress(start, num_steps, config.batch_size)
     pending = []
     batch = first
+    compiled = 0.0  # step_fn.compile_seconds already handed to progress.pause
     try:
         for step in range(start + 1, num_steps + 1):
             state, metrics = step_fn(state, frozen, batch, step - 1)
@@ -398,13 +415,17 @@ def train_and_evaluate(config, workdir):
             last = step == num_steps
             stop = preemption.should_stop(step)
             if last or step % config.log_every == 0 or step % config.checkpoint_every == 0 or stop:
+                progress.pause(step_fn.compile_seconds - compiled)
+                compiled = step_fn.compile_seconds
                 _flush(pending, step, writer, progress)
                 pending = []
             if last or step % config.checkpoint_every == 0 or stop:
                 manager.save(step, state, data)
             if stop:
                 break
-            eval_run.maybe_evaluate(config, workdir, step, state, mesh, frozen, tokenizers)
+            start_eval = time.monotonic()
+            if eval_run.maybe_evaluate(config, workdir, step, state, mesh, frozen, tokenizers) is not None:
+                progress.pause(time.monotonic() - start_eval)
             if not last:
                 batch = sharding.global_batch(next(data), mesh, config)
     finally:

@@ -167,15 +167,22 @@ bad = int(sys.argv.pop(1))
 real_compile_step = train.compile_step
 
 
-def compile_step(config, mesh, frozen, example_batch):
-    step_fn = real_compile_step(config, mesh, frozen, example_batch)
+class Poisoned:
+    def __init__(self, step_fn):
+        self.step_fn = step_fn
 
-    def poisoned(state, frozen, batch, *step):
+    @property
+    def compile_seconds(self):  # read by the train loop's progress line
+        return self.step_fn.compile_seconds
+
+    def __call__(self, state, frozen, batch, *step):
         if int(state.step) + 1 == bad:
             state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
-        return step_fn(state, frozen, batch, *step)
+        return self.step_fn(state, frozen, batch, *step)
 
-    return poisoned
+
+def compile_step(config, mesh, frozen, example_batch):
+    return Poisoned(real_compile_step(config, mesh, frozen, example_batch))
 
 
 train.compile_step = compile_step
