@@ -245,6 +245,11 @@ def get_base_config(scale="B"):
     # need files the user provides: enable them with e.g. --config.evals.fid.enabled=True
     # --config.evals.fid.inception_weights=PATH --config.evals.fid.prompts=PROMPTS.txt --config.evals.fid.reference=DIR
     c.eval_every = 0
+    # After the last step (dream_jax/evaluation/report.py): final_samples samples of each default prompt as a PNG
+    # grid in WORKDIR/samples (0 = none), the config.evals entries named in final_evals (enabled or not), and a
+    # printed summary of their results.
+    c.final_samples = 0
+    c.final_evals = ()
     c.evals = ml_collections.ConfigDict(dict(
         zero_shot=eval_settings("zero_shot", dataset="cifar100", split="test"),
         linear_probe=eval_settings("linear_probe", dataset="imagenet2012", train_split="train",

@@ -79,7 +79,8 @@ def generation_flops(config, opts):
     Per step s: the encoder on the buffer + generate.encoder_capacities' slots, the decoder on all positions and
     the head's `sampling_steps` passes on generate.head_capacities' tokens, the decoder and head twice unless cfg = 1;
     SAD (K = num_candidates) runs steps [0, T_c) K times and encodes (at the capacity after T_c steps) and projects
-    each candidate once to score it.
+    each candidate once to score it. PCA tokens with diffusion.clip_denoised decode and re-encode each head step's
+    x0 estimate (frontend.x0_constraint): 2 x 2 K P per token.
     The text aligner, CLIP text tower and T5 run once per prompt and are not counted.
     """
     from dream_jax import generate  # generate imports the model; flops.py stays light for its other callers
@@ -100,4 +101,12 @@ def generation_flops(config, opts):
         "decoder": decoder_steps * branches * per["decoder"],
         "diffusion head": head_tokens * branches * opts.sampling_steps * _head_flops_per_token(config),
         "sad scoring": k * (encoder_forward_flops(config, scored) + per["projections"]) if tc else 0,
+        "x0 constraint": head_tokens * opts.sampling_steps * _x0_constraint_flops_per_token(config),
     }
+
+
+def _x0_constraint_flops_per_token(config):
+    tok = config.tokenizer
+    if not (config.diffusion.clip_denoised and tok.kind == "pixels" and tok.pca_dim):
+        return 0
+    return 4 * tok.pca_dim * 3 * tok.patch_size ** 2

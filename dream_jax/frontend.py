@@ -231,6 +231,21 @@ def moments_to_tokens(config, mean, logvar, rng):
     return patchify_lib.patchify(jax.lax.stop_gradient(latent), config.tokenizer.patch_size)
 
 
+def x0_constraint(config, frozen):
+    """The head sampler's map of a denoised token estimate x0 [N, T] onto valid tokens, or None (unconstrained).
+
+    With diffusion.clip_denoised the image the tokens decode to must lie in [-1, 1]: raw pixel patches (and VAE
+    latents, as IDDPM's option) are clipped; PCA tokens are decoded, clipped in pixel space and re-encoded, as
+    clipping whitened coefficients would not bound the pixels. Without it x0 is left alone, as MAR samples latents.
+    """
+    if not config.diffusion.clip_denoised:
+        return None
+    if config.tokenizer.kind == "pixels" and config.tokenizer.pca_dim:
+        pca = frozen["pca"]
+        return lambda x0: patch_pca.encode(pca, jnp.clip(patch_pca.decode(pca, x0), -1.0, 1.0))
+    return lambda x0: jnp.clip(x0, -1.0, 1.0)
+
+
 def tokens_to_images(config, frozen, tokens):
     """tokens [B, L, T] -> uint8 images [B, H, W, 3]."""
     tok = config.tokenizer

@@ -99,6 +99,7 @@ class _Context:
     text: jax.Array        # [N, Lt, D] aligned prompt
     empty_text: jax.Array  # [N, Lt, D] aligned empty prompt
     orders: jax.Array      # [N, L + C], padded with L (an out-of-range position: writes are dropped)
+    x0_constraint: object  # the head sampler's denoised_fn (frontend.x0_constraint), or None
 
 
 def capacity(length, num_iter):
@@ -183,7 +184,7 @@ def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
     noise_rng, loop_rng = jax.random.split(rng)
     start = jax.random.normal(noise_rng, zc.shape[:1] + tokens.shape[-1:], jnp.float32)
     sampled = gaussian_diffusion.p_sample_loop(constants, denoise, start, loop_rng, opts.temperature,
-                                               config.diffusion.clip_denoised)
+                                               denoised_fn=ctx.x0_constraint)
     sampled = sampled.reshape(positions.shape + tokens.shape[-1:])
     rows = jnp.arange(tokens.shape[0])[:, None]
     write = jnp.where(valid, positions, length)
@@ -238,9 +239,11 @@ def generate(config, opts, variables, frozen, clip_ids, cond_ids, cond_mask, rng
     orders = random_orders(order_rng, batch, length)
     orders = jnp.concatenate([orders, jnp.full((batch, pad), length, jnp.int32)], axis=1)
 
+    x0_constraint = frontend.x0_constraint(config, frozen)
+
     def context(n):
         return _Context(variables, _repeat(text, n), jnp.broadcast_to(empty, (batch * n,) + empty.shape[1:]),
-                        _repeat(orders, n))
+                        _repeat(orders, n), x0_constraint)
 
     tokens = jnp.zeros((batch * k, length, m.token_dim), jnp.float32)
     mask = jnp.ones((batch * k, length), bool)

@@ -91,6 +91,11 @@ def sample_to_workdir(config, workdir, prompts_path, num_samples, seed):
     encode_prompts(tokenizers, prompts)  # fail fast on a prompt that does not fit, before restoring
     variables, step = restore_variables(config, workdir, mesh)
     frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+    return write_samples(config, workdir, variables, step, frozen, tokenizers, mesh, prompts, num_samples, seed)
+
+
+def write_samples(config, workdir, variables, step, frozen, tokenizers, mesh, prompts, num_samples, seed):
+    """Samples `prompts` with the config's sampler into WORKDIR/samples (PNG grid + JSON); returns both paths."""
     opts = generate.options_from_config(config)
     opts.validate(config.model.seq_len)
     images, scores, chosen = sample_images(config, variables, frozen, tokenizers, prompts, num_samples, seed, opts,

@@ -28,6 +28,7 @@ from dream_jax import summary as summary_lib
 from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
                              state_shardings, total_steps)
 from dream_jax.data import pipeline
+from dream_jax.evaluation import report
 from dream_jax.evaluation import run as eval_run
 from dream_jax.models import gaussian_diffusion
 from dream_jax.models.dream import DREAM, mean_pool
@@ -376,11 +377,14 @@ def check_batch(config, mesh):
 
 
 def train_and_evaluate(config, workdir):
-    """Trains (resuming from `workdir` if it has a checkpoint) until total_steps; returns the final state."""
+    """Trains (resuming from `workdir` if it has a checkpoint) until total_steps, then writes the final report
+    (evaluation/report.py) if this call ran the last step; returns the final state."""
+    started = time.monotonic()
     validate_config(config)
     frontend.check_files(config)
     if config.get("eval_every", 0):
         eval_run.validate(config)  # a missing eval dataset or weights file fails now, not hours in
+    report.validate(config)
     mesh = sharding.make_mesh(config)
     check_batch(config, mesh)
     tokenizers = frontend.make_tokenizers(config)
@@ -408,6 +412,7 @@ def train_and_evaluate(config, workdir):
     pending = []
     batch = first
     compiled = 0.0  # step_fn.compile_seconds already handed to progress.pause
+    finished = False
     try:
         for step in range(start + 1, num_steps + 1):
             state, metrics = step_fn(state, frozen, batch, step - 1)
@@ -421,6 +426,7 @@ def train_and_evaluate(config, workdir):
                 pending = []
             if last or step % config.checkpoint_every == 0 or stop:
                 manager.save(step, state, data)
+            finished = last
             if stop:
                 break
             start_eval = time.monotonic()
@@ -432,6 +438,9 @@ def train_and_evaluate(config, workdir):
         signal.signal(signal.SIGTERM, previous)
         manager.close()
         writer.close()
+    if finished:
+        report.run(config, workdir, eval_run.state_variables(state, config.sampling.use_ema), num_steps, mesh, frozen,
+                   tokenizers, time.monotonic() - started)
     return state
 
 

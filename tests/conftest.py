@@ -18,5 +18,11 @@ def _rank(item):
     return _LONG_MODULES.index(name) if name in _LONG_MODULES else len(_LONG_MODULES)
 
 
+def pytest_configure(config):
+    # xdist's loadscope hands out modules with the most tests first unless told not to, which put the 1000-step
+    # test_learning.py (4 tests) last: keep the order below.
+    config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items):
     items.sort(key=_rank)  # stable: the rest keep their file order

@@ -19,6 +19,10 @@ def small_config():
     c.model.text_tower.update(dict(width=32, depth=1, num_heads=2))
     c.text.tiny_t5.update(dict(num_layers=1))
     c.model.cond_dim = c.text.tiny_t5.d_model
+    # 64 tokens (4x4 patches on a 16-dim PCA): enough steps to schedule, and the prompt's text parts, which
+    # test_generation_flops_match_the_traced_matmuls does not count, stay a few percent of the matmuls.
+    c.tokenizer.update(dict(patch_size=4, pca_dim=16, pca_examples=256))
+    c.model.update(dict(seq_len=64, token_dim=16))
     c.diffusion.sampling_steps = 4
     c.mesh.shape = (1, 1, 1)
     return c
@@ -100,13 +104,15 @@ def test_encoder_on_decoded_tokens_equals_all_positions(setup, monkeypatch):
     full, full_scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=1))
     for buckets in (4, 64):
         out, scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=buckets))
-        np.testing.assert_allclose(np.asarray(out), np.asarray(full), atol=1e-5)
+        # Whitened PCA tokens reach |x| ~ 6, and the x0 constraint's pixel clip turns float rounding near its
+        # bounds into ~1e-4 differences.
+        np.testing.assert_allclose(np.asarray(out), np.asarray(full), atol=1e-3)
         np.testing.assert_allclose(np.asarray(scores), np.asarray(full_scores), atol=1e-6)
     # Control: 4 slots before every step and for SAD's scoring (at T_c=5, 8 tokens are decoded).
     capacities = generate.encoder_capacities
     monkeypatch.setattr(generate, "encoder_capacities", lambda *a: np.full_like(capacities(*a), 4))
     small, small_scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=16))
-    assert np.abs(np.asarray(small) - np.asarray(full)).max() > 1e-3
+    assert np.abs(np.asarray(small) - np.asarray(full)).max() > 1e-1
     assert np.abs(np.asarray(small_scores) - np.asarray(full_scores)).max() > 1e-4
 
 
@@ -155,7 +161,7 @@ def test_sad_choice_is_the_argmax_of_a_per_candidate_reference(setup):
     text = model.apply(variables, frontend.cond_features(fc, frozen, cond_ids, cond_mask), method=DREAM.align_text)
     empty = model.apply(variables, frozen["empty_cond"][None], method=DREAM.align_text)
     ctx = generate._Context(variables, jnp.repeat(text, k, 0), jnp.broadcast_to(empty, (b * k,) + empty.shape[1:]),
-                            jnp.repeat(orders, k, 0))
+                            jnp.repeat(orders, k, 0), frontend.x0_constraint(fc, frozen))
     tokens = jnp.zeros((b * k, length, config.model.token_dim))
     mask = jnp.ones((b * k, length), bool)
     tokens, mask = generate._run_steps(fc, opts, ctx, steps_rng, 0, tc, tokens, mask)

@@ -74,3 +74,26 @@ def test_pca_needs_pixels_of_the_embedded_shapes():
     with pytest.raises(ValueError, match="tokens of dim 40, but model.seq_len=16 and model.token_dim=32"):
         config.model.token_dim = 32
         train.validate_config(config)
+
+
+def test_x0_constraint_bounds_the_decoded_pixels():
+    """diffusion.clip_denoised on PCA tokens: an estimate far outside the data decodes, once constrained, to pixels
+    within [-1, 1] but for a small projection residual, and valid tokens barely move (clipping the whitened
+    coefficients instead would distort them: the control); raw pixel tokens are clipped as IDDPM does; without
+    clip_denoised there is no constraint."""
+    config = _pca_config(8, 32)
+    frozen = {"pca": frontend.fit_pca(config)}
+    images = np.stack([synthetic.CaptionedShapes("train", num_examples=16, seed=1)[i]["image"] for i in range(16)])
+    tokens = frontend.images_to_tokens(config, frozen, images, jax.random.key(0)).reshape(-1, 32)
+    constrain = frontend.x0_constraint(config, frozen)
+    decode = lambda t: np.asarray(patch_pca.decode(frozen["pca"], t))  # noqa: E731
+    excess = lambda t: np.abs(decode(t) - np.clip(decode(t), -1, 1)).mean()  # noqa: E731
+    wild = 6.0 * tokens
+    assert excess(wild) > 0.5 and excess(constrain(wild)) < 0.02
+    assert np.abs(decode(constrain(tokens)) - decode(tokens)).mean() < 0.01
+    assert np.abs(decode(np.clip(tokens, -1, 1)) - decode(tokens)).mean() > 0.05
+    raw = _pca_config(8, 32)
+    raw.tokenizer.pca_dim = 0
+    np.testing.assert_array_equal(frontend.x0_constraint(raw, {})(np.array([-3.0, 0.5, 2.0])), [-1.0, 0.5, 1.0])
+    config.diffusion.clip_denoised = False
+    assert frontend.x0_constraint(config, frozen) is None

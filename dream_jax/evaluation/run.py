@@ -301,5 +301,10 @@ def maybe_evaluate(config, workdir, step, state, mesh, frozen, tokenizers, use_e
     if not every or step % every:
         return None
     use_ema = config.sampling.use_ema if use_ema is None else use_ema
-    variables = {"params": state.ema_params if use_ema else state.params, "batch_stats": state.batch_stats}
-    return evaluate_variables(config, workdir, variables, step, mesh, frozen, tokenizers, use_ema)
+    return evaluate_variables(config, workdir, state_variables(state, use_ema), step, mesh, frozen, tokenizers,
+                              use_ema)
+
+
+def state_variables(state, use_ema):
+    """A train state's {'params' (EMA or raw), 'batch_stats'}, as the evaluators take them."""
+    return {"params": state.ema_params if use_ema else state.params, "batch_stats": state.batch_stats}

@@ -87,15 +87,18 @@ def q_sample(c, x0, t, noise):
     return _at(c, "sqrt_alphas_cumprod", t) * x0 + _at(c, "sqrt_one_minus_alphas_cumprod", t) * noise
 
 
-def p_mean_logvar(c, x_t, t, eps, var_values, clip_denoised=False):
+def p_mean_logvar(c, x_t, t, eps, var_values, clip_denoised=False, denoised_fn=None):
     """Model mean and log variance from an eps prediction and LEARNED_RANGE variance values in [-1, 1].
 
-    `clip_denoised` clips the implied x0 to [-1, 1] (IDDPM's option; MAR samples latents without it, but it is
-    valid and stabilising for data known to lie in [-1, 1], e.g. the tiny config's pixels).
+    `denoised_fn` maps the implied x0 [N, T] onto the data's support, and `clip_denoised` then clips it to
+    [-1, 1] (IDDPM's two options; MAR samples latents with neither, but they are valid and stabilising for data
+    of known range, e.g. the tiny config's pixels: frontend.x0_constraint).
     """
     frac = (var_values + 1) / 2
     logvar = frac * _at(c, "log_betas", t) + (1 - frac) * _at(c, "posterior_log_variance_clipped", t)
     x0 = _at(c, "sqrt_recip_alphas_cumprod", t) * x_t - _at(c, "sqrt_recipm1_alphas_cumprod", t) * eps
+    if denoised_fn is not None:
+        x0 = denoised_fn(x0)
     if clip_denoised:
         x0 = jnp.clip(x0, -1.0, 1.0)
     mean = _at(c, "posterior_mean_coef1", t) * x0 + _at(c, "posterior_mean_coef2", t) * x_t
@@ -134,7 +137,7 @@ def training_loss(c, x0, x_t, t, noise, model_out):
     return mse + jnp.where(t == 0, nll, kl)
 
 
-def p_sample_loop(c, denoise, noise, rng, temperature=1.0, clip_denoised=False):
+def p_sample_loop(c, denoise, noise, rng, temperature=1.0, clip_denoised=False, denoised_fn=None):
     """Ancestral sampling over the schedule's steps, last to first; `denoise(x_t, model_t) -> [N, 2T]`.
 
     The injected noise (not the starting noise) is multiplied by `temperature`, as MAR's p_sample.
@@ -146,7 +149,7 @@ def p_sample_loop(c, denoise, noise, rng, temperature=1.0, clip_denoised=False):
         idx = num_steps - 1 - i
         t = jnp.full((x.shape[0],), idx, jnp.int32)
         eps, var_values = jnp.split(denoise(x, c["timestep_map"][t]), 2, axis=-1)
-        mean, logvar = p_mean_logvar(c, x, t, eps, var_values, clip_denoised)
+        mean, logvar = p_mean_logvar(c, x, t, eps, var_values, clip_denoised, denoised_fn)
         z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
         return mean + jnp.where(idx > 0, jnp.exp(0.5 * logvar) * z * temperature, 0.0)
 

@@ -1,0 +1,75 @@
+"""The end-of-training report: a sample grid of the fixed prompts, the named evaluators, and a short summary.
+
+`config.final_samples` samples per default prompt (sample.DEFAULT_PROMPTS, seed 0) go to WORKDIR/samples as
+`--mode=sample` writes them; the `config.evals` entries named in `config.final_evals` run on the final weights (EMA
+unless config.sampling.use_ema is off), enabled or not, and are recorded in WORKDIR/eval/<step>.json as
+`--mode=eval` records them. The summary prints zero-shot top-1 and, per attribute, the oracle alignment of every
+decoding mode beside chance, so a user sees at a glance whether the model learnt both of DREAM's objectives.
+"""
+
+import ml_collections
+
+from dream_jax import sample
+from dream_jax.data import synthetic
+from dream_jax.evaluation import run as eval_run
+
+# Chance of an oracle match per attribute: one uniformly drawn value of each attribute's table.
+CHANCE = {"shape": 1 / len(synthetic.SHAPES), "color": 1 / len(synthetic.COLORS),
+          "position": 1 / len(synthetic.POSITIONS), "size": 1 / len(synthetic.SIZES),
+          "shape_color": 1 / (len(synthetic.SHAPES) * len(synthetic.COLORS))}
+
+
+def validate(config):
+    """ValueError for a final_evals name that config.evals lacks or a negative final_samples; then what
+    evaluation.run.validate says of the final evaluators (a missing file fails before training, not after)."""
+    names = tuple(config.get("final_evals", ()))
+    unknown = sorted(set(names) - set(config.get("evals") or {}))
+    if unknown:
+        raise ValueError(f"config.final_evals names {unknown}, which config.evals lacks; expected some of "
+                         f"{sorted(config.get('evals') or {})}")
+    if config.get("final_samples", 0) < 0:
+        raise ValueError(f"config.final_samples={config.final_samples} must be >= 0 (0: no sample grid)")
+    if names:
+        eval_run.validate(final_config(config))
+
+
+def final_config(config):
+    """The config with only the final_evals entries of config.evals, each enabled."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.evals = {name: dict(config.evals[name].to_dict(), enabled=True) for name in config.final_evals}
+    return out
+
+
+def summary(step, seconds, metrics, grid=None):
+    """The short text the train job prints at its end, from evaluate_variables' metrics."""
+    lines = [f"summary after {step} steps ({seconds / 60:.1f} min of training)"]
+    for key in sorted(k for k in metrics if k.endswith("/top1")):
+        name = key[:-len("/top1")]
+        chance = metrics.get(f"{name}/chance")
+        lines.append(f"  {name}: top-1 {metrics[key]:.3f}" + ("" if chance is None else f" (chance {chance:.3f})"))
+    for name in sorted({k.split("/")[0] for k in metrics if "/oracle_" in k}):
+        modes = sorted({k.split("/")[1] for k in metrics if k.startswith(name + "/") and "/oracle_" in k})
+        lines.append(f"  {name}: samples matching the prompt, {' / '.join(modes)} (chance)")
+        for attribute, chance in CHANCE.items():
+            rates = " / ".join(f"{metrics[f'{name}/{m}/oracle_{attribute}']:.3f}" for m in modes)
+            lines.append(f"    {attribute:<12} {rates}  ({chance:.3f})")
+    if grid:
+        lines.append(f"  sample grid: {grid}")
+    return "\n".join(lines)
+
+
+def run(config, workdir, variables, step, mesh, frozen, tokenizers, seconds):
+    """Writes the grid, runs and records the final evaluators, prints the summary; returns (metrics, grid path)."""
+    if not (config.get("final_samples", 0) or config.get("final_evals", ())):
+        return {}, None
+    grid = None
+    if config.get("final_samples", 0):
+        prompts = sample.read_prompts(None, config)
+        grid, _ = sample.write_samples(config, workdir, variables, step, frozen, tokenizers, mesh, prompts,
+                                       config.final_samples, seed=0)
+    metrics = {}
+    if config.get("final_evals", ()):
+        metrics = eval_run.evaluate_variables(final_config(config), workdir, variables, step, mesh, frozen,
+                                              tokenizers, config.sampling.use_ema)
+    print(summary(step, seconds, metrics, grid), flush=True)
+    return metrics, grid
