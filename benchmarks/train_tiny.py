@@ -4,7 +4,8 @@
 
 Each seed runs `python -m dream_jax.main --config=configs/dream_tiny.py --workdir=WORKDIR/seed{S}` in a fresh
 process with `--config.seed=S --config.data.shuffle_seed=S` (model init, masks and data order), exactly as a user
-would, and is timed from process start to exit (imports, PCA fit, compilation, training and the final report).
+would (`--set=K=V` flags follow them: `--seeds=1 --set=data.shuffle_seed=0` is the config as it is), and is timed
+from process start to exit (imports, PCA fit, compilation, training and the final report).
 Printed: one row per seed and a mean +- std row of training minutes, steady steps/s (the last progress line),
 zero-shot top-1 and the oracle alignment per attribute of plain / SAD samples, with chance; the device; a JSON
 of everything in WORKDIR/benchmark.json.

@@ -357,14 +357,17 @@ def validate_config(config):
     stride = patch * (8 if config.tokenizer.kind == "vae" else 1)
     channels = 4 if config.tokenizer.kind == "vae" else 3
     dim = config.tokenizer.pca_dim or channels * patch * patch
-    if image % stride or (image // stride) ** 2 != m.seq_len or dim != m.token_dim:
-        raise ValueError(f"tokenizer ({config.tokenizer.kind}, image {image}, patch {patch}) gives "
-                         f"{(image // stride) ** 2} tokens of dim {dim}, but model.seq_len="
-                         f"{m.seq_len} and model.token_dim={m.token_dim}")
     if config.tokenizer.pca_dim and (config.tokenizer.kind != "pixels" or config.data.source != "shapes"):
         raise ValueError(f"tokenizer.pca_dim={config.tokenizer.pca_dim} is fitted on the embedded shapes: it needs "
                          f"tokenizer.kind='pixels' and data.source='shapes', not {config.tokenizer.kind!r} / "
                          f"{config.data.source!r}")
+    if image % stride:
+        raise ValueError(f"tokenizer ({config.tokenizer.kind}, image {image}, patch {patch}): the image size is not "
+                         f"a multiple of the token stride {stride}")
+    if (image // stride) ** 2 != m.seq_len or dim != m.token_dim:
+        raise ValueError(f"tokenizer ({config.tokenizer.kind}, image {image}, patch {patch}) gives "
+                         f"{(image // stride) ** 2} tokens of dim {dim}, but model.seq_len="
+                         f"{m.seq_len} and model.token_dim={m.token_dim}")
     learning_rate(config)
 
 

@@ -5,9 +5,12 @@
 #     provenance: []
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: accelerator,colab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -25,30 +28,31 @@
 # checkpoint in PyTorch. Pick **Runtime > Change runtime type > TPU** (v5e-1 or v2-8); a GPU or a CPU runtime
 # works too, only slower.
 #
-# **How long.** With the defaults below, about 10 minutes on a TPU v5e-1 or v2-8 runtime. This is an
-# *estimate, not a measurement* (no TPU was available when it was written): the ahead-of-time compile of this
+# **How long.** With the defaults below (the embedded default's 3000 steps at batch 32), about 7 minutes of
+# training on an idle 2-core CPU, measured (`python benchmarks/train_tiny.py`, docs/BENCHMARKS.md); on a TPU
+# runtime the chip mostly waits for the host. The TPU part is an *estimate, not a measurement* (no TPU was
+# available when it was written): the ahead-of-time compile of an earlier, 64-token version of this
 # train step for TPU topologies (`python -m dream_jax.main --config=configs/dream_tiny.py --mode=compile
 # --config.compile_topology=v5e:2x2`, and `v2:2x2`; libtpu cannot build a lone `v5e:1x1`) counts 60 GFLOP per
 # step of 64 images, 0.3 ms at a v5e chip's 197 TFLOP/s peak and still only ~6 ms at 5% of it. So the chip
 # waits for the host, which renders the shapes: the input pipeline gives 51 batches/s on a loaded 2-core CPU,
 # about 20 ms a step, so 6000 steps take about 2-3 minutes. Add about 2 minutes of `pip install`, 1-2
 # minutes of XLA compiles (the train step compiled for `v5e:2x2` in 76 s on that 2-core CPU; the Colab host
-# is faster) and a minute for sampling, evaluation and export. On a CPU runtime (2 cores on Colab) set
-# `TRAIN_STEPS = 300`: measured on a loaded 2-core CPU, that run took 9 minutes (0.6 steps/s) and reached
-# zero-shot top-1 0.45 (chance 0.036), while its samples are still blotches: drawing shapes takes more steps.
+# is faster) and a minute for sampling, evaluation and export. The generator follows the prompt only after
+# ~1000 optimiser steps, so fewer TRAIN_STEPS give good zero-shot accuracy but blotchy samples.
 
 # %% [markdown]
 # ## Parameters
 # Everything that sets the size of the run is in this one cell (the CI test replaces it with a tiny run).
 
 # %% tags=["parameters"]
-TRAIN_STEPS = 6000  # optimiser steps; the paper's 48-epoch masking warmup is compressed into them
-BATCH_SIZE = 64  # global batch: a multiple of the 4 mask groups and of the number of devices
+TRAIN_STEPS = 3000  # optimiser steps; the paper's 48-epoch masking warmup is compressed into them
+BATCH_SIZE = 32  # global batch: a multiple of the 4 mask groups and of the number of devices
 LOG_EVERY = 50  # steps between logged points (the live plot's resolution)
-SAMPLING_ITERS = 16  # MAR decoding steps per image (64 tokens)
+SAMPLING_ITERS = 8  # MAR decoding steps per image (16 tokens)
 DIFFUSION_STEPS = 50  # respaced DDPM steps of the diffusion head at every decoding step
 NUM_CANDIDATES = 5  # SAD: candidates decoded per image until SAD_STEP
-SAD_STEP = 8  # SAD: the decoding step T_c after which only the best candidate continues
+SAD_STEP = 3  # SAD: the decoding step T_c after which only the best candidate continues
 SAMPLES_PER_PROMPT = 4  # images per prompt in each grid
 ZERO_SHOT_IMAGES = 512  # held-out images for zero-shot accuracy
 WORKDIR = "workdir/notebook"  # checkpoints, metrics.jsonl, TensorBoard events, samples, the PyTorch export
@@ -142,6 +146,7 @@ def notebook_config():
     c.checkpoint_every = TRAIN_STEPS
     c.sampling.update(dict(num_iter=SAMPLING_ITERS, sad_step=SAD_STEP, num_candidates=NUM_CANDIDATES))
     c.diffusion.sampling_steps = DIFFUSION_STEPS
+    c.final_samples, c.final_evals = 0, ()  # this notebook samples and evaluates below, step by step
     return c
 
 
@@ -156,8 +161,8 @@ print(f"mesh {dict(mesh.shape)}: {config.batch_size // sharding.batch_divisor(me
 # %% [markdown]
 # ## What DREAM is
 # DREAM (2025, *Where Visual Understanding Meets Text-to-Image Generation*) trains **one ViT** for two jobs at
-# once. An image becomes a sequence of continuous tokens (here 4x4 pixel patches: 64 tokens; at scale, SD-VAE
-# latents); a random fraction of them is **masked**. The **encoder** sees only the visible tokens (plus a few
+# once. An image becomes a sequence of continuous tokens (here 8x8 pixel patches on a fixed PCA: 16 tokens; at
+# scale, SD-VAE latents); a random fraction of them is **masked**. The **encoder** sees only the visible tokens (plus a few
 # buffer tokens): its mean-pooled output is trained **contrastively** against a CLIP text tower, as in CLIP.
 # A **decoder** fills in the masked positions while cross-attending to frozen T5 features of the caption, and a
 # small **diffusion MLP head** learns to sample each masked token (MAR). **Masking Warmup** draws the masking
@@ -173,7 +178,7 @@ from dream_jax import frontend, masking
 from dream_jax.data import synthetic
 
 BOXES = {  # name: (x, y, text); the block diagram of one training step
-    "image": (0.08, 0.5, "image\n-> 64 tokens"),
+    "image": (0.08, 0.5, "image\n-> 16 tokens"),
     "mask": (0.27, 0.5, "mask a ratio r\n(Masking Warmup)"),
     "encoder": (0.46, 0.5, "ViT encoder\nvisible + buffer"),
     "pool": (0.66, 0.82, "mean-pool\n+ projection"),

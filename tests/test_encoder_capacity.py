@@ -115,7 +115,10 @@ def test_loss_and_grads_at_a_plan_equal_the_key_masked_step(shape, accum):
 
 def _step_flops(ratio, encoder_depth):
     """XLA's FLOPs of the compiled train step of the shrunken tiny config at a fixed mask ratio, at its plan."""
-    config = th.tiny_config(masking__fixed_ratio=ratio, model__encoder_depth=encoder_depth, mesh__shape=(1, 1, 1))
+    # 4x4 raw patches (64 tokens) and capacity classes: the tiny default's 16 tokens leave too few to count.
+    config = th.tiny_config(masking__fixed_ratio=ratio, model__encoder_depth=encoder_depth, mesh__shape=(1, 1, 1),
+                            tokenizer__patch_size=4, tokenizer__pca_dim=0, model__seq_len=64, model__token_dim=48,
+                            model__encoder_classes=2, model__encoder_buckets=4)
     mesh = sharding.make_mesh(config, jax.devices()[:1])
     ratios = np.asarray(train.mask_ratios(config, 0))
     config = train.with_plan(config, capacity.plan(config, ratios, 1))

@@ -272,7 +272,7 @@ def test_renamed_or_mis_shaped_key_is_named(tmp_path, config, variables):
         to_pytorch.import_checkpoint(config, str(tmp_path / "renamed.pth"))
     bad = dict(sd, **{"z_proj.weight": sd["z_proj.weight"].T.contiguous()})
     torch.save({"model": bad, "model_ema": bad}, tmp_path / "shape.pth")
-    with pytest.raises(ValueError, match=r"mis-shaped keys: z_proj\.weight \(48, 64\) \(expected \(64, 48\)\)"):
+    with pytest.raises(ValueError, match=r"mis-shaped keys: z_proj\.weight \(32, 64\) \(expected \(64, 32\)\)"):
         to_pytorch.import_checkpoint(config, str(tmp_path / "shape.pth"))
 
 

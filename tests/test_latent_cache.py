@@ -29,7 +29,8 @@ def files(tmp_path_factory):
 
 def _config(shards, vae_path, **extra):
     """The shrunken tiny DREAM on 32 px VAE latents: 4 x 4 x 4, patch 1 -> 16 tokens of dim 4."""
-    values = dict(tokenizer__kind="vae", tokenizer__vae_path=vae_path, tokenizer__patch_size=1, model__seq_len=16,
+    values = dict(tokenizer__kind="vae", tokenizer__vae_path=vae_path, tokenizer__patch_size=1, tokenizer__pca_dim=0,
+                  model__seq_len=16,
                   model__token_dim=4, data__source="webdataset", data__path=shards, data__num_workers=0,
                   batch_size=8, masking__num_groups=4)
     return th.tiny_config(**{**values, **extra})

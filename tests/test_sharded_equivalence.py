@@ -34,6 +34,8 @@ def _config(shape=(1, 1, 1)):
     c.model.update({"encoder_depth": 1, "decoder_depth": 1, "aligner_depth": 0, "diffloss_depth": 0, "width": 64,
                     "mlp_dim": 128, "num_heads": 4, "embed_dim": 32, "proj_hidden_dim": 64, "diffloss_width": 64})
     c.model.text_tower.update({"depth": 0, "width": 32, "num_heads": 2})
+    # The capacity-planned encoder (the tiny default runs key-masked over all positions), as at the paper's scales.
+    c.model.update({"encoder_classes": 2, "encoder_buckets": 4})
     c.batch_size = BATCH
     c.masking.num_groups = 4
     c.diffusion.batch_mul = 2

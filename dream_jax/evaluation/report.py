@@ -42,7 +42,7 @@ def final_config(config):
 
 def summary(step, seconds, metrics, grid=None):
     """The short text the train job prints at its end, from evaluate_variables' metrics."""
-    lines = [f"summary after {step} steps ({seconds / 60:.1f} min of training)"]
+    lines = [f"summary after {step} steps ({seconds / 60:.1f} min wall, compilation included)"]
     for key in sorted(k for k in metrics if k.endswith("/top1")):
         name = key[:-len("/top1")]
         chance = metrics.get(f"{name}/chance")

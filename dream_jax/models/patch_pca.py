@@ -6,7 +6,7 @@ value), so the tiny config projects each patch onto its top-k principal componen
 training images with a fixed seed, and divides each by its standard deviation. Tokens are then decorrelated,
 zero-mean and of unit variance like scaled VAE latents; decoding is the transpose. With 8 x 8 patches of the
 32 x 32 captioned shapes, k = 32 keeps 96% of the variance and the oracle reads every attribute back from the
-reconstruction (benchmarks/tiny_recipe.py, docs/BENCHMARKS.md).
+reconstruction (tests/test_patch_pca.py).
 
 The fitted arrays live in the frozen pytree (never trained, never in checkpoints: refitted from the same seed).
 
