@@ -81,6 +81,7 @@ def main():
     parser.add_argument("--set", action="append", default=[], help="extra --config.X=V flags, e.g. total_steps=1000")
     args = parser.parse_args()
     extra = [f"--config.{s}" for s in args.set]
+    os.makedirs(args.workdir, exist_ok=True)
     results = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         workdir = os.path.join(os.path.abspath(args.workdir), f"seed{seed}")
