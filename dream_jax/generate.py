@@ -17,6 +17,13 @@ SAD: K candidates per prompt share the order and differ only in diffusion noise;
 encoder embeds each candidate's decoded tokens, the CLIP text tower embeds the prompt, and the best cosine
 candidate continues alone. Candidates are a batch axis. Everything is one jit per (shapes, options).
 
+Common random numbers: at every step, candidate j's diffusion noise is drawn from fold_in(key, j) of that step's
+keys (`candidate_normal`), so it does not depend on how many candidates run beside it, and the chosen candidate
+continues with candidate 0's noise.
+Candidate 0 is thus plain decoding under the same seed, and SAD's sample is plain decoding's wherever candidate 0
+wins: comparing the two modes measures the selection alone, not two independent draws (each candidate is still
+an independent sample).
+
 Dimension letters: B prompts, K candidates, N = B K, L tokens, T token dim, D width, C capacity, S steps,
 Lt text length, E embedding dim.
 """
@@ -100,6 +107,16 @@ class _Context:
     empty_text: jax.Array  # [N, Lt, D] aligned empty prompt
     orders: jax.Array      # [N, L + C], padded with L (an out-of-range position: writes are dropped)
     x0_constraint: object  # the head sampler's denoised_fn (frontend.x0_constraint), or None
+    candidates: int        # K: candidates per prompt, the rows of a prompt being consecutive
+
+
+def candidate_normal(candidates, prompts, key, shape, dtype=jnp.float32):
+    """Standard normal noise of `shape` [N C, T] for rows ordered (prompt, candidate, slot), N = prompts x
+    candidates: candidate j's rows come from fold_in(key, j) alone (common random numbers, see the docstring)."""
+    per_candidate = (prompts, shape[0] // (prompts * candidates)) + tuple(shape[1:])
+    draws = jnp.stack([jax.random.normal(jax.random.fold_in(key, j), per_candidate, dtype)
+                       for j in range(candidates)], axis=1)  # [B, K, C, T]
+    return draws.reshape(shape)
 
 
 def capacity(length, num_iter):
@@ -182,9 +199,10 @@ def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
         return jnp.concatenate([eps_u + scale * (eps_c - eps_u), var_c], axis=-1)
 
     noise_rng, loop_rng = jax.random.split(rng)
-    start = jax.random.normal(noise_rng, zc.shape[:1] + tokens.shape[-1:], jnp.float32)
+    draw = functools.partial(candidate_normal, ctx.candidates, tokens.shape[0] // ctx.candidates)
+    start = draw(noise_rng, zc.shape[:1] + tokens.shape[-1:])
     sampled = gaussian_diffusion.p_sample_loop(constants, denoise, start, loop_rng, opts.temperature,
-                                               denoised_fn=ctx.x0_constraint)
+                                               denoised_fn=ctx.x0_constraint, draw=draw)
     sampled = sampled.reshape(positions.shape + tokens.shape[-1:])
     rows = jnp.arange(tokens.shape[0])[:, None]
     write = jnp.where(valid, positions, length)
@@ -243,7 +261,7 @@ def generate(config, opts, variables, frozen, clip_ids, cond_ids, cond_mask, rng
 
     def context(n):
         return _Context(variables, _repeat(text, n), jnp.broadcast_to(empty, (batch * n,) + empty.shape[1:]),
-                        _repeat(orders, n), x0_constraint)
+                        _repeat(orders, n), x0_constraint, n)
 
     tokens = jnp.zeros((batch * k, length, m.token_dim), jnp.float32)
     mask = jnp.ones((batch * k, length), bool)

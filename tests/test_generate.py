@@ -132,6 +132,32 @@ def test_sad_with_one_candidate_is_plain_decoding(setup):
     assert scores.shape == (3, 1) and np.all(np.asarray(best) == 0)
 
 
+def test_sad_keeps_plain_decoding_where_candidate_zero_wins(setup):
+    """Common random numbers: candidate 0 draws plain decoding's noise, and the winner continues with it."""
+    opts = dataclasses.replace(OPTS, num_candidates=4, sad_step=3)
+    kept = switched = 0
+    for seed in range(4):
+        plain, _, _ = run(setup, OPTS, seed=seed)
+        sad, _, best = run(setup, opts, seed=seed)
+        for i, b in enumerate(np.asarray(best)):
+            same = np.allclose(np.asarray(sad)[i], np.asarray(plain)[i], atol=1e-5)
+            assert same == (b == 0), (seed, i, b)
+            kept, switched = kept + (b == 0), switched + (b != 0)
+    assert kept and switched, (kept, switched)
+
+
+def test_candidate_noise_does_not_depend_on_the_candidate_count():
+    key = jax.random.key(0)
+    two = generate.candidate_normal(2, 3, key, (3 * 2 * 5, 4)).reshape(3, 2, 5, 4)
+    four = generate.candidate_normal(4, 3, key, (3 * 4 * 5, 4)).reshape(3, 4, 5, 4)
+    one = generate.candidate_normal(1, 3, key, (3 * 5, 4)).reshape(3, 1, 5, 4)
+    np.testing.assert_array_equal(np.asarray(four[:, :2]), np.asarray(two))
+    np.testing.assert_array_equal(np.asarray(one[:, 0]), np.asarray(two[:, 0]))
+    many = generate.candidate_normal(4, 8, key, (8 * 4 * 64, 16))  # 32768 draws: std within 0.02 of 1
+    assert abs(float(jnp.std(many)) - 1.0) < 0.02 and abs(float(jnp.mean(many))) < 0.02
+    assert not np.allclose(np.asarray(four[:, 0]), np.asarray(four[:, 1]))
+
+
 def test_cfg_one_is_the_conditional_branch(setup):
     """With cfg=1 the unconditional branch is skipped; guiding towards a copy of the prompt gives the same."""
     config, _, variables, frozen, (clip_ids, cond_ids, cond_mask) = setup
@@ -161,7 +187,7 @@ def test_sad_choice_is_the_argmax_of_a_per_candidate_reference(setup):
     text = model.apply(variables, frontend.cond_features(fc, frozen, cond_ids, cond_mask), method=DREAM.align_text)
     empty = model.apply(variables, frozen["empty_cond"][None], method=DREAM.align_text)
     ctx = generate._Context(variables, jnp.repeat(text, k, 0), jnp.broadcast_to(empty, (b * k,) + empty.shape[1:]),
-                            jnp.repeat(orders, k, 0), frontend.x0_constraint(fc, frozen))
+                            jnp.repeat(orders, k, 0), frontend.x0_constraint(fc, frozen), k)
     tokens = jnp.zeros((b * k, length, config.model.token_dim))
     mask = jnp.ones((b * k, length), bool)
     tokens, mask = generate._run_steps(fc, opts, ctx, steps_rng, 0, tc, tokens, mask)

@@ -137,10 +137,12 @@ def training_loss(c, x0, x_t, t, noise, model_out):
     return mse + jnp.where(t == 0, nll, kl)
 
 
-def p_sample_loop(c, denoise, noise, rng, temperature=1.0, clip_denoised=False, denoised_fn=None):
+def p_sample_loop(c, denoise, noise, rng, temperature=1.0, clip_denoised=False, denoised_fn=None,
+                  draw=jax.random.normal):
     """Ancestral sampling over the schedule's steps, last to first; `denoise(x_t, model_t) -> [N, 2T]`.
 
-    The injected noise (not the starting noise) is multiplied by `temperature`, as MAR's p_sample.
+    The injected noise (not the starting noise) is multiplied by `temperature`, as MAR's p_sample; step i draws
+    it as `draw(fold_in(rng, i), shape, dtype)` (generate.candidate_normal keeps SAD's candidates' noise apart).
     """
     num_steps = c["timestep_map"].shape[0]
 
@@ -150,7 +152,7 @@ def p_sample_loop(c, denoise, noise, rng, temperature=1.0, clip_denoised=False, 
         t = jnp.full((x.shape[0],), idx, jnp.int32)
         eps, var_values = jnp.split(denoise(x, c["timestep_map"][t]), 2, axis=-1)
         mean, logvar = p_mean_logvar(c, x, t, eps, var_values, clip_denoised, denoised_fn)
-        z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+        z = draw(jax.random.fold_in(rng, i), x.shape, x.dtype)
         return mean + jnp.where(idx > 0, jnp.exp(0.5 * logvar) * z * temperature, 0.0)
 
     return jax.lax.fori_loop(0, num_steps, step, noise)
