@@ -66,7 +66,7 @@ def get_config():
         linear_probe=common.eval_settings("linear_probe", test_split="heldout", num_train=2048, num_test=1024,
                                           steps=300, batch_size=128, train_batch_size=256),
         few_shot=common.eval_settings("few_shot", split="heldout", num_images=1024, batch_size=128),
-        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=64),
+        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=128),
         fid=common.eval_settings("fid", enabled=False, prompts="shapes", reference="shapes", num_samples=1000,
                                  num_reference=1000),
     ))
