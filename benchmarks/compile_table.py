@@ -1,17 +1,20 @@
 """docs/SCALING.md's table: `--mode=compile` for DREAM-B/L/H/G on TPU pod slices at the paper's batch of 2048.
 
     python benchmarks/compile_table.py [--scales=B,L,H,G] [--slices=v5e-256,v5p-128,v4-64] [--source=latents]
-        [--grad_accum_steps=K] [--no_header]
+        [--grad_accum_steps=K] [--set=model.scan_layers=False ...] [--no_header]
 
 Each row is dream_jax.compile.compile_stats of configs/dream_<scale>.py with config.compile_topology and
 config.data.source set: the numbers of `python -m dream_jax.main --config=configs/dream_<scale>.py --mode=compile
 --config.compile_topology=<topology> --config.data.source=latents`. Rows run one at a time in a child process
 whose resident memory is watched: XLA's TPU compiler needs many GiB of host memory for the larger scales, and a
-row that passes --max_rss_gib is stopped and reported as such rather than starving the machine. Needs libtpu (the
-`tpu` extra).
+row that passes --max_rss_gib is stopped and reported as such rather than starving the machine. Each row also
+prints its compile's wall seconds and peak host memory (to stderr). `--set=K=V` overrides a config field (a Python
+literal, else a string), e.g. `--set=model.scan_layers=False --set=model.remat=full`. Needs libtpu (the `tpu`
+extra).
 """
 
 import argparse
+import ast
 import ctypes
 import json
 import os
@@ -36,6 +39,7 @@ config = importlib.import_module("configs.dream_{scale}").get_config()
 config.compile_topology = {topology!r}
 config.data.source = {source!r}
 config.grad_accum_steps = {accum} or config.grad_accum_steps
+config.update_from_flattened_dict({overrides!r})
 print("STATS " + json.dumps(compile_lib.compile_stats(config)), flush=True)
 """
 
@@ -69,10 +73,25 @@ def _child_setup():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
-def run_row(scale, topology, source, max_rss_gib, accum=0):
+def parse_overrides(items):
+    """['model.remat=full', 'model.scan_layers=False'] -> {name: value}, values as Python literals or strings."""
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set={item!r}: expected KEY=VALUE")
+        try:
+            out[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[name] = text
+    return out
+
+
+def run_row(scale, topology, source, max_rss_gib, accum=0, overrides=None):
     """(stats dict or None, note, seconds, peak GiB) of one compile in a child process."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source, accum=accum)
+    code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source, accum=accum,
+                         overrides=overrides or {})
     start, peak = time.monotonic(), 0.0
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_child_setup)
@@ -103,7 +122,7 @@ def format_row(scale, name, stats, note):
     mesh = stats["mesh"]
     per_device = stats["batch_size"] // (mesh["data"] * mesh["fsdp"])
     head = (f"| {scale} | {name} (`{stats['topology']}`, {stats['num_devices']} chips) | "
-            f"{mesh['data']} x {mesh['fsdp']} x {mesh['tensor']} | {'on' if stats['remat'] else 'off'} | "
+            f"{mesh['data']} x {mesh['fsdp']} x {mesh['tensor']} | {stats['remat']} | "
             f"{stats['grad_accum_steps']} | {per_device} |")
     if stats["out_of_memory"]:
         return (f"{head} | {stats['temporaries'] / GIB:.2f} | > {stats['hbm'] / GIB:.0f} / {stats['hbm'] / GIB:.0f} | "
@@ -125,14 +144,16 @@ def main():
                         "trains) or webdataset (the VAE encodes every batch inside the step)")
     parser.add_argument("--max_rss_gib", type=float, default=14.0)
     parser.add_argument("--grad_accum_steps", type=int, default=0, help="0: the config's")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config override (repeatable)")
     parser.add_argument("--no_header", action="store_true", help="rows only (to append to a table)")
     args = parser.parse_args()
+    overrides = parse_overrides(args.set)
     if not args.no_header:
         print(HEADER, flush=True)
     for scale in args.scales.split(","):
         for name in args.slices.split(","):
             stats, note, seconds, peak = run_row(scale, SLICES.get(name, name), args.source, args.max_rss_gib,
-                                                 args.grad_accum_steps)
+                                                 args.grad_accum_steps, overrides)
             print(format_row(scale, name, stats, note), flush=True)
             print(f"  ({scale} on {name}: {seconds:.0f} s, peak host memory {peak:.1f} GiB)", file=sys.stderr,
                   flush=True)

@@ -20,14 +20,14 @@ SCALES = {
 # benchmarks/compile_table.py): FSDP over `fsdp` devices (params, grads and AdamW/EMA state split F ways, batch over
 # all devices) and data parallel over the rest (-1). F divides every `embed`-named width of its scale (G's 1664 =
 # 13 x 128). The slice must have a multiple of F chips; on fewer devices pass e.g. --config.mesh.shape='(-1,1,1)'.
-# Where activations do not fit a slice's chips, raise grad_accum_steps (exact, see train.accumulated_grads): remat
-# (model.remat) with the batch-sharded diffusion head crashes libtpu 0.0.42's compiler (docs/SCALING.md). Tensor
+# Where activations do not fit a slice's chips, raise grad_accum_steps (exact, see train.accumulated_grads) or set a
+# remat policy (model.remat; docs/SCALING.md records where libtpu's compiler crashed on it). Tensor
 # parallelism (`tensor`) only pays once the per-chip batch would drop below 1.
 PARALLELISM = {
-    "B": dict(mesh=(-1, 8, 1), remat=False),
-    "L": dict(mesh=(-1, 16, 1), remat=False),
-    "H": dict(mesh=(-1, 16, 1), remat=False),
-    "G": dict(mesh=(-1, 32, 1), remat=False),
+    "B": dict(mesh=(-1, 8, 1), remat="none"),
+    "L": dict(mesh=(-1, 16, 1), remat="none"),
+    "H": dict(mesh=(-1, 16, 1), remat="none"),
+    "G": dict(mesh=(-1, 32, 1), remat="none"),
 }
 
 # One logical-axis-rules table for every mesh: the mesh shape alone picks DP, FSDP or TP.
@@ -48,6 +48,7 @@ AXIS_RULES = (
     ("freq", None),
     ("proj", None),
     ("norm", None),
+    ("layers", None),  # the stacked-blocks axis of scan_layers
 )
 
 
@@ -133,7 +134,12 @@ def get_base_config(scale="B"):
         diffloss_depth=3,
         diffloss_width=1024,
         dtype="bfloat16",
-        remat=PARALLELISM[scale]["remat"],  # jax.checkpoint of every transformer block (memory for compute)
+        # What each transformer block keeps for the backward pass: "none" (all), "full" (recompute the block),
+        # "save_dots" (keep its x @ W products); models/transformer.REMAT_POLICIES.
+        remat=PARALLELISM[scale]["remat"],
+        # nn.scan over the blocks of each tower: parameters stacked on a leading `layers` axis in the train state,
+        # one block compiled per tower (export, import and info see the authors' per-block layout either way).
+        scan_layers=True,
         # The encoder runs on visible tokens: each step's batch is cut into up to encoder_classes classes of
         # similar mask ratios, each at a capacity rounded up to a multiple of seq_len / encoder_buckets (one compiled
         # step per plan; docs/SCALING.md). encoder_classes=1, encoder_buckets=1: the key-masked encoder only.
@@ -240,6 +246,8 @@ def get_base_config(scale="B"):
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
+    # 'a,b': a jax.profiler trace of train steps a..b in WORKDIR/tensorboard/plugins/profile (TensorBoard / XProf).
+    c.profile_steps = ""
 
     # --mode=eval and, every eval_every steps (0 = never), during training; docs/EVALUATION.md. FID and alignment
     # need files the user provides: enable them with e.g. --config.evals.fid.enabled=True

@@ -156,7 +156,8 @@ def compile_stats(config):
         "device_kind": kind,
         "num_devices": len(devices),
         "mesh": dict(mesh.shape),
-        "remat": bool(config.model.remat),
+        "remat": config.model.remat,
+        "scan_layers": bool(config.model.scan_layers),
         "grad_accum_steps": config.grad_accum_steps,
         "batch_size": config.batch_size,
         "notes": notes,
@@ -221,7 +222,8 @@ def compile_report(config):
     lines = [
         f"train step of DREAM-{config.model.scale} compiled for {s['topology']}: {s['num_devices']} x "
         f"{s['device_kind']}, mesh {mesh}, global batch {s['batch_size']} ({per_device_batch} per device), "
-        f"remat {'on' if s['remat'] else 'off'}, grad_accum_steps {s['grad_accum_steps']}",
+        f"remat {s['remat']}, {'scanned' if s['scan_layers'] else 'unrolled'} blocks, grad_accum_steps "
+        f"{s['grad_accum_steps']}",
         "  (the worst-case step: the encoder at full capacity, as at mask ratio 0; steps whose mask groups all hide "
         "more tokens compile at a smaller capacity and need less)",
         *(f"  (using {n})" for n in s["notes"]),
@@ -231,7 +233,7 @@ def compile_report(config):
         return "\n".join(lines + [
             f"XLA stopped: the temporaries alone need {_gib(s['temporaries'])} per device, more than the "
             f"{_gib(s['hbm'])} of HBM.",
-            f"  verdict      {verdict} (try --config.model.remat=True, --config.grad_accum_steps=2, or more fsdp)"])
+            f"  verdict      {verdict} (try --config.model.remat=full, --config.grad_accum_steps=2, or more fsdp)"])
     xla_total = s["xla_flops_per_device"] * s["num_devices"]
     lines += [
         "per-device memory (XLA memory_analysis)",
@@ -251,6 +253,6 @@ def compile_report(config):
         f"  XLA/analytic {xla_total / s['analytic_flops']:.2f} (XLA also counts the frozen VAE encoder, "
         "element-wise ops and the optimiser"
         + (f"; it counts each loop body once, so 1 of {s['grad_accum_steps']} microbatches" if s["grad_accum_steps"] > 1
-           else "") + ")",
+           else "") + ("; and one block of each scanned tower" if s["scan_layers"] else "") + ")",
     ]
     return "\n".join(lines)

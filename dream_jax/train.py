@@ -11,6 +11,7 @@ Dimension letters: B global batch, L tokens, T token dim, G mask groups.
 import dataclasses
 import functools
 import logging
+import os
 import signal
 import time
 
@@ -23,14 +24,14 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
 from dream_jax import checkpoint as checkpoint_lib
-from dream_jax import capacity, frontend, losses, masking, sharding
+from dream_jax import capacity, frontend, losses, masking, profiler, sharding
 from dream_jax import summary as summary_lib
 from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
                              state_shardings, total_steps)
 from dream_jax.data import pipeline
 from dream_jax.evaluation import report
 from dream_jax.evaluation import run as eval_run
-from dream_jax.models import gaussian_diffusion
+from dream_jax.models import gaussian_diffusion, transformer
 from dream_jax.models.dream import DREAM, mean_pool
 
 
@@ -368,6 +369,8 @@ def validate_config(config):
         raise ValueError(f"tokenizer ({config.tokenizer.kind}, image {image}, patch {patch}) gives "
                          f"{(image // stride) ** 2} tokens of dim {dim}, but model.seq_len="
                          f"{m.seq_len} and model.token_dim={m.token_dim}")
+    transformer.remat_policy(m.remat)
+    profiler.parse(config.profile_steps, total_steps(config))
     learning_rate(config)
 
 
@@ -412,13 +415,17 @@ def train_and_evaluate(config, workdir):
     preemption = _Preemption(multiprocess=jax.process_count() > 1, check_every=config.log_every)
     previous = signal.signal(signal.SIGTERM, preemption)
     progress = summary_lib.Progress(start, num_steps, config.batch_size)
+    trace = profiler.StepTrace(profiler.parse(config.profile_steps, num_steps), os.path.join(workdir, "tensorboard"),
+                               start)
     pending = []
     batch = first
     compiled = 0.0  # step_fn.compile_seconds already handed to progress.pause
     finished = False
     try:
         for step in range(start + 1, num_steps + 1):
+            trace.before(step)
             state, metrics = step_fn(state, frozen, batch, step - 1)
+            trace.after(step, (state, metrics))
             pending.append(metrics)
             last = step == num_steps
             stop = preemption.should_stop(step)
@@ -438,6 +445,7 @@ def train_and_evaluate(config, workdir):
             if not last:
                 batch = sharding.global_batch(next(data), mesh, config)
     finally:
+        trace.close()
         signal.signal(signal.SIGTERM, previous)
         manager.close()
         writer.close()

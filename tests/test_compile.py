@@ -78,12 +78,13 @@ def test_scale_presets_shard_weights_as_configured(scale):
     fsdp = common.PARALLELISM[scale]["mesh"][1]
     mesh = sharding.make_mesh(config, compile_lib.topology_devices("v5e:16x16"))
     assert dict(mesh.shape) == {"data": 256 // fsdp, "fsdp": fsdp, "tensor": 1}
-    assert config.model.remat == common.PARALLELISM[scale]["remat"]
+    assert config.model.remat == common.PARALLELISM[scale]["remat"] and config.model.scan_layers
     params = state_lib.abstract_state(config, mesh).params
-    d, heads = config.model.width, config.model.num_heads
-    qkv = params["encoder"]["encoder_blocks_0"]["attn"]["qkv"]["kernel"]
-    assert tuple(qkv.sharding.spec) == ("fsdp", None, "tensor", None)
-    assert qkv.sharding.shard_shape(qkv.shape) == (d // fsdp, 3, heads, d // heads)
-    fc1 = params["decoder"]["decoder_blocks_0"]["mlp"]["fc1"]["kernel"]
-    assert fc1.sharding.shard_shape(fc1.shape) == (d // fsdp, config.model.mlp_dim)
+    d, heads, n = config.model.width, config.model.num_heads, config.model.encoder_depth
+    # Scanned blocks: one stacked array per weight, its `layers` axis replicated, the rest as an unrolled block's.
+    qkv = params["encoder"]["encoder_blocks"]["attn"]["qkv"]["kernel"]
+    assert tuple(qkv.sharding.spec) == (None, "fsdp", None, "tensor", None)
+    assert qkv.sharding.shard_shape(qkv.shape) == (n, d // fsdp, 3, heads, d // heads)
+    fc1 = params["decoder"]["decoder_blocks"]["mlp"]["fc1"]["kernel"]
+    assert fc1.sharding.shard_shape(fc1.shape) == (config.model.decoder_depth, d // fsdp, config.model.mlp_dim)
     assert params["logit_scale"].sharding.is_fully_replicated

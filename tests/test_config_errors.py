@@ -60,6 +60,11 @@ CASES = [
     ("tokenizer.kind", "vae", r"tokenizer\.pca_dim=32 is fitted on the embedded shapes: it needs tokenizer\.kind"),
     ("tokenizer.kind", "jpeg", r"tokenizer\.kind='jpeg'"),
     ("optim.schedule", "linear", r"optim\.schedule='linear'"),
+    ("model.remat", "sometimes", r"model\.remat='sometimes': expected one of 'none', 'full', 'save_dots'"),
+    ("profile_steps", "5", r"profile_steps='5': expected two step numbers 'a,b'"),
+    ("profile_steps", "a,b", r"profile_steps='a,b': expected two step numbers"),
+    ("profile_steps", "0,3", r"profile_steps='0,3': need 1 <= a <= b <= total steps \(3000\)"),
+    ("profile_steps", "10,3001", r"need 1 <= a <= b <= total steps \(3000\)"),
 ]
 
 

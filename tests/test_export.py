@@ -36,21 +36,6 @@ def _config(**extra):
                           masking__kind="uniform", **extra)
 
 
-def _random(tree, seed):
-    """Random float32 values in the shapes of `tree`: LN/BN scales near 1, BN variances positive."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = getattr(path[-1], "key", "")
-        if name == "scale":
-            return (1 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        if name == "var":
-            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-        return (0.1 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, tree)
-
-
 @pytest.fixture(scope="module")
 def config():
     return _config()
@@ -58,7 +43,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def variables(config):
-    return _random(to_pytorch.abstract_variables(config), 0)
+    return th.random_like(to_pytorch.abstract_variables(config), 0)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +72,7 @@ def _masks(rng, batch, length, ratio):
 
 # ------------------------------------------------------------------------------------------ round trips
 def test_export_file_round_trip_is_bitwise(tmp_path, config, variables):
-    ema = _random(variables["params"], 1)
+    ema = th.random_like(variables["params"], 1)
     path, tensors = to_pytorch.export_checkpoint(config, variables["params"], ema, variables["batch_stats"], 120,
                                                  str(tmp_path / "dream.pth"))
     raw = torch.load(path, weights_only=True)  # plain torch, no allowlist: nothing but tensors and containers
@@ -111,7 +96,7 @@ def test_workdir_export_then_import_is_bitwise(tmp_path):
     config = th.tiny_config(mesh__shape=(1, 1, 1))
     mesh = sharding.make_mesh(config, jax.devices()[:1])  # orbax saves 8 fake replicas slowly
     abstract = state_lib.abstract_state(config, mesh)
-    state = jax.tree.map(lambda x, s: jax.device_put(x, s.sharding), _random(abstract, 2), abstract)
+    state = jax.tree.map(lambda x, s: jax.device_put(x, s.sharding), th.random_like(abstract, 2), abstract)
     manager = checkpoint.Manager(str(tmp_path / "a"), config)
     manager.save(12, state)
     manager.close()

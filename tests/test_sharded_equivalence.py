@@ -4,7 +4,8 @@
 set, logical-axis rules active) on (data, fsdp, tensor) meshes (8,1,1), (2,4,1), (2,2,2) and on a single device
 (1,1,1). Parameters come from `create_state` on each mesh and must be bit-identical; loss, metrics, updated
 BatchNorm statistics and gradients must agree to float32 reduction-order noise. On (2,2,2) a few weights are
-checked to be physically split as the axis rules say.
+checked to be physically split as the axis rules say. The same holds with scanned blocks (model.scan_layers, the
+paper scales' default) on (2,2,2) against one device: their stacked weights split like unrolled ones.
 
 Dimension letters: B global batch, H/W image size, C CLIP context, Lt cond length, D width, K head dim.
 """
@@ -25,8 +26,9 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 RTOL = 1e-4
 
 
-def _config(shape=(1, 1, 1)):
+def _config(shape=(1, 1, 1), scan=False):
     c = dream_tiny.get_config()
+    c.model.scan_layers = scan
     # Smaller than the tiny config: compiling 8 XLA programs (state init and step per mesh) dominates this file,
     # at roughly a fixed cost per kernel. One encoder block and one decoder block cover both attention kinds and
     # the MLP; the aligner, CLIP tower and DiffLoss keep only their non-block layers (embeddings, projections,
@@ -76,8 +78,8 @@ def _perturbed(params):
     return jax.device_put(noisy, jax.tree.map(lambda x: x.sharding, params))
 
 
-def _setup(shape):
-    config = _config(shape)
+def _setup(shape, scan):
+    config = _config(shape, scan)
     devices = jax.devices()[:1] if shape == (1, 1, 1) else jax.devices()[:8]
     mesh = sharding.make_mesh(config, devices)
     assert mesh.shape == dict(zip(("data", "fsdp", "tensor"), shape))
@@ -98,9 +100,9 @@ def _lower(config, mesh, state):
 
 
 @functools.cache
-def _run(shape):
+def _run(shape, scan=False):
     """(state, (loss, metrics, batch_stats, grads)) on one mesh shape; cached so each compiles once."""
-    config, mesh, state = _setup(shape)
+    config, mesh, state = _setup(shape, scan)
     lowered, args = _lower(config, mesh, state)
     with jax.set_mesh(mesh):
         (loss, (metrics, stats)), grads = lowered.compile()(*args)
@@ -137,8 +139,27 @@ def test_single_device_reference_is_meaningful():
 
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sharded_loss_and_grads_equal_single_device(shape):
-    state0, (loss0, metrics0, stats0, grads0) = _single()
-    state, (loss, metrics, stats, grads) = _run(shape)
+    _assert_runs_agree(_run(shape), _single())
+    if shape == (2, 2, 2):
+        _check_weight_shardings(_run(shape)[0], _config(shape))
+
+
+def test_scanned_blocks_sharded_equal_single_device():
+    state, _ = _run((2, 2, 2), True)
+    _assert_runs_agree(_run((2, 2, 2), True), _run((1, 1, 1), True))
+    m = _config(scan=True).model
+    d, heads, k = m.width, m.num_heads, m.width // m.num_heads
+    qkv = state.params["encoder"]["encoder_blocks"]["attn"]["qkv"]["kernel"]
+    assert tuple(qkv.sharding.spec) == (None, "fsdp", None, "tensor", None)
+    assert {s.data.shape for s in qkv.addressable_shards} == {(1, d // 2, 3, heads // 2, k)}
+    fc1 = state.params["decoder"]["decoder_blocks"]["mlp"]["fc1"]["kernel"]
+    assert {s.data.shape for s in fc1.addressable_shards} == {(1, d // 2, m.mlp_dim // 2)}
+
+
+def _assert_runs_agree(run, reference):
+    """Bit-identical initial parameters; loss, metrics, BN statistics and gradients equal up to RTOL."""
+    state0, (loss0, metrics0, stats0, grads0) = reference
+    state, (loss, metrics, stats, grads) = run
 
     # Same initial parameters whatever the mesh (created directly into their shardings).
     for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(state0.params))):
@@ -150,9 +171,6 @@ def test_sharded_loss_and_grads_equal_single_device(shape):
     # BatchNorm statistics are over the global batch (SyncBN), not per shard.
     _assert_tree_close(stats, stats0, "batch_stats")
     _assert_tree_close(grads, grads0, "grad")
-
-    if shape == (2, 2, 2):
-        _check_weight_shardings(state, _config(shape))
 
 
 def _check_weight_shardings(state, config):

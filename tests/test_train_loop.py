@@ -32,7 +32,7 @@ def env(pytestconfig):
 def straight_run(env, tmp_path_factory):
     """STEPS steps in one uninterrupted run: (workdir, console output)."""
     workdir = tmp_path_factory.mktemp("straight") / "run"
-    code, out = th.run(th.main_args(workdir, total_steps=STEPS, checkpoint_every=HALF), env,
+    code, out = th.run(th.main_args(workdir, total_steps=STEPS, checkpoint_every=HALF, profile_steps="3,4"), env,
                        workdir.parent / "log.txt")
     assert code == 0, out
     assert th.finalized_steps(workdir) == [HALF, STEPS]
@@ -214,7 +214,7 @@ def _events(directory):
     """The Event protos of the TFRecord event files in `directory`, read without TensorFlow."""
     from tensorboardX.proto import event_pb2
 
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(n for n in os.listdir(directory) if n.startswith("events.out.tfevents")):
         with open(os.path.join(directory, name), "rb") as f:
             data = f.read()
         offset = 0
@@ -244,6 +244,11 @@ def test_metrics_and_tensorboard_events(straight_run):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tensorboard))
     assert set(LOGGED) <= {v.tag for e in _events(tensorboard) for v in e.summary.value}
     assert f"step {STEPS}/{STEPS} (100.0%)" in out and "steps/s ETA" in out
+    # --config.profile_steps=3,4: one jax.profiler trace beside the scalars, where TensorBoard's profile tab looks.
+    runs = os.listdir(tensorboard / "plugins" / "profile")
+    assert len(runs) == 1
+    traces = [n for n in os.listdir(tensorboard / "plugins" / "profile" / runs[0]) if n.endswith(".xplane.pb")]
+    assert len(traces) == 1 and os.path.getsize(tensorboard / "plugins" / "profile" / runs[0] / traces[0]) > 1000
 
 
 def test_writer_on_resume_drops_records_after_the_resume_step(tmp_path):

@@ -136,6 +136,22 @@ def metrics_by_step(workdir):
     return records
 
 
+def random_like(tree, seed):
+    """Random float32 values in the shapes of `tree` (arrays or shape structs): LN/BN scales near 1, BN variances
+    positive, everything else N(0, 0.1^2), so that zero-initialised layers carry signal too."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = getattr(path[-1], "key", "")
+        if name == "scale":
+            return (1 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        if name == "var":
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        return (0.1 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, tree)
+
+
 def assert_trees_equal(a, b):
     """Same structure, dtypes and bits in every leaf."""
     leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(a)

@@ -14,6 +14,10 @@ torch key which Flax collection and path holds it and how the array is laid out 
 LayerNorm/BatchNorm `scale` -> `weight`; BatchNorm stats `mean`/`var` (batch_stats) -> `running_mean`/`running_var`.
 Shapes work on anything with `.shape` (numpy arrays or jax.eval_shape ShapeDtypeStructs).
 
+Scanned blocks (model.scan_layers) hold a tower's N blocks in one array per parameter with a leading `layers` axis
+(`encoder/encoder_blocks/...` [N, ...] instead of `encoder/encoder_blocks_{i}/...`); their entries carry `layer`,
+the index into that axis, so the torch keys, shapes and order are the same either way.
+
 Dimension letters: D width, H heads, K head dim, M MLP hidden, N depth.
 """
 
@@ -36,6 +40,7 @@ class Entry:
     path: tuple
     kind: str  # copy | dense | flat | count
     num_in: int = 1
+    layer: int | None = None  # the block's index along a scanned tower's leading axis; None: not stacked
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -108,8 +113,16 @@ def _diffloss(depth):
             + _linear("diffloss.net.final_layer.adaLN_modulation.1", final + ("adaLN_modulation_1",)))
 
 
-def entries(encoder_depth, decoder_depth, aligner_depth, text_depth, diffloss_depth):
-    """Every key of the authors' state_dict in their order (root Parameters first, then submodules)."""
+def _blocks(make, key, path, name, depth, scan):
+    """The entries of a tower's `depth` blocks (`make(key, path)` for one), unrolled or stacked (scan)."""
+    if not scan:
+        return [e for i in range(depth) for e in make(f"{key}.{i}", path + (f"{name}_{i}",))]
+    return [dataclasses.replace(e, layer=i) for i in range(depth) for e in make(f"{key}.{i}", path + (name,))]
+
+
+def entries(encoder_depth, decoder_depth, aligner_depth, text_depth, diffloss_depth, scan=False):
+    """Every key of the authors' state_dict in their order (root Parameters first, then submodules); `scan`:
+    the four transformer towers' blocks are stacked (model.scan_layers)."""
     enc, dec, ali, txt = ("encoder",), ("decoder",), ("aligner",), ("text_tower",)
     copy = lambda key, path: Entry(key, PARAMS, path, "copy")  # noqa: E731
     out = [
@@ -126,18 +139,14 @@ def entries(encoder_depth, decoder_depth, aligner_depth, text_depth, diffloss_de
         copy("class_emb.weight", enc + ("class_emb",)),
     ]
     out += _linear("z_proj", enc + ("z_proj",)) + _norm("z_proj_ln", enc + ("z_proj_ln",))
-    for i in range(encoder_depth):
-        out += _block(f"encoder_blocks.{i}", enc + (f"encoder_blocks_{i}",))
+    out += _blocks(_block, "encoder_blocks", enc, "encoder_blocks", encoder_depth, scan)
     out += _norm("encoder_norm", enc + ("encoder_norm",))
     out += _linear("decoder_embed", dec + ("decoder_embed",)) + _norm("decoder_proj_ln", dec + ("decoder_proj_ln",))
-    for i in range(decoder_depth):
-        out += _cross_block(f"decoder_blocks.{i}", dec + (f"decoder_blocks_{i}",))
+    out += _blocks(_cross_block, "decoder_blocks", dec, "decoder_blocks", decoder_depth, scan)
     out += _linear("text_proj", ali + ("text_proj",)) + _norm("text_proj_ln", ali + ("text_proj_ln",))
-    for a in range(aligner_depth):
-        out += _block(f"text_aligner.{a}", ali + (f"text_aligner_{a}",))
+    out += _blocks(_block, "text_aligner", ali, "text_aligner", aligner_depth, scan)
     out += _norm("decoder_norm", dec + ("decoder_norm",))
-    for c in range(text_depth):
-        out += _clip_block(f"transformer.resblocks.{c}", txt + (f"transformer_resblocks_{c}",))
+    out += _blocks(_clip_block, "transformer.resblocks", txt, "transformer_resblocks", text_depth, scan)
     out += [copy("token_embedding.weight", txt + ("token_embedding",))] + _norm("ln_final", txt + ("ln_final",))
     proj = ("image_projection",)
     out += (_linear("image_projection.layer1", proj + ("layer1",))
@@ -152,7 +161,7 @@ def entries_for(model_config):
     """The table for the `model` section of a dream_jax config (ConfigDict or plain dict)."""
     m = model_config
     return entries(m["encoder_depth"], m["decoder_depth"], m["aligner_depth"], m["text_tower"]["depth"],
-                   m["diffloss_depth"])
+                   m["diffloss_depth"], bool(m["scan_layers"]))
 
 
 # ----------------------------------------------------------------------------------------------- shapes
@@ -172,6 +181,17 @@ def get_path(tree, path):
     for name in path:
         tree = tree[name]
     return tree
+
+
+def _leaf_shape(entry, variables):
+    """The Flax shape of one entry's array (one block's slice of a stacked array)."""
+    shape = tuple(get_path(variables[entry.collection], entry.path).shape)
+    return shape if entry.layer is None else shape[1:]
+
+
+def _leaf(entry, variables):
+    value = get_path(variables[entry.collection], entry.path)
+    return value if entry.layer is None else np.asarray(value)[entry.layer]
 
 
 def _set_path(tree, path, value):
@@ -207,8 +227,7 @@ def check_covers(table, variables):
 def torch_shapes(table, variables):
     """OrderedDict key -> torch shape, from Flax variables {'params', 'batch_stats'} (arrays or shape structs)."""
     check_covers(table, variables)
-    return OrderedDict((e.key, torch_shape(e, get_path(variables[e.collection], e.path).shape if e.collection
-                                           else ())) for e in table)
+    return OrderedDict((e.key, torch_shape(e, _leaf_shape(e, variables) if e.collection else ())) for e in table)
 
 
 # ------------------------------------------------------------------------------------------- conversion
@@ -238,7 +257,7 @@ def to_state_dict(table, variables, num_batches_tracked=0):
         if e.kind == "count":
             out[e.key] = np.array(num_batches_tracked, np.int64)
         else:
-            out[e.key] = to_torch_array(e, get_path(variables[e.collection], e.path))
+            out[e.key] = to_torch_array(e, _leaf(e, variables))
     return out
 
 
@@ -266,15 +285,22 @@ def from_state_dict(table, state_dict, abstract_variables, source="the checkpoin
     """Authors'-layout {key: array} -> Flax {'params', 'batch_stats'} shaped like `abstract_variables`.
 
     Floating arrays become float32 (the dtype of our params); num_batches_tracked is checked for presence only.
+    A scanned tower's blocks are stacked in layer order.
     """
     shapes = torch_shapes(table, abstract_variables)
     check_state_dict(table, state_dict, shapes, source)
     out = {PARAMS: {}, BATCH_STATS: {}}
+    layers = {}  # (collection, path) -> {layer: array} of stacked entries
     for e in table:
         if e.kind == "count":
             continue
         target = get_path(abstract_variables[e.collection], e.path)
-        value = np.asarray(state_dict[e.key])
-        _set_path(out[e.collection], e.path,
-                  from_torch_array(e, value.astype(np.dtype(target.dtype), copy=False), tuple(target.shape)))
+        value = np.asarray(state_dict[e.key]).astype(np.dtype(target.dtype), copy=False)
+        value = from_torch_array(e, value, _leaf_shape(e, abstract_variables))
+        if e.layer is None:
+            _set_path(out[e.collection], e.path, value)
+        else:
+            layers.setdefault((e.collection, e.path), {})[e.layer] = value
+    for (collection, path), blocks in layers.items():
+        _set_path(out[collection], path, np.stack([blocks[i] for i in range(len(blocks))]))
     return out

@@ -16,7 +16,7 @@ D width, Lt text length, K encoder classes, C slots (capacity) of a class.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dream_jax.models.transformer import Block, CrossAttentionBlock, constrain, dense, layer_norm, maybe_remat, param
+from dream_jax.models.transformer import Block, CrossAttentionBlock, constrain, dense, layer_norm, param, stack
 
 _POS_INIT = nn.initializers.normal(0.02)
 
@@ -55,7 +55,8 @@ class Encoder(nn.Module):
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"
+    scan: bool = False
     capacity: tuple = ()
 
     @nn.compact
@@ -71,15 +72,13 @@ class Encoder(nn.Module):
         x = jnp.concatenate([buffer, x], axis=1) + pos
         x = layer_norm("z_proj_ln")(x).astype(self.dtype)
         x = constrain(x, ("batch", "length", "embed"))
-        block = maybe_remat(Block, self.remat)
-        blocks = [block(self.num_heads, self.mlp_dim, self.attn_dropout, self.proj_dropout, dtype=self.dtype,
-                        name=f"encoder_blocks_{i}") for i in range(self.depth)]
+        blocks = stack(Block, self.depth, "encoder_blocks", self.scan, self.remat, num_heads=self.num_heads,
+                       mlp_dim=self.mlp_dim, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
+                       dtype=self.dtype)
         norm = layer_norm("encoder_norm")
 
         def run(x, keep):  # [b, n, D], [b, n] -> [b, n, D]
-            for blk in blocks:
-                x = blk(x, keep[:, None, None, :], deterministic)
-            return norm(x)
+            return norm(blocks(x, keep[:, None, None, :], deterministic))
 
         if not self.capacity or self.is_initializing():  # init sees a dummy batch; the parameters are the same
             return run(x, keep_mask(mask, self.buffer_size))
@@ -116,7 +115,8 @@ class Decoder(nn.Module):
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x, mask, text, deterministic=True):
@@ -129,10 +129,9 @@ class Decoder(nn.Module):
                     _POS_INIT)
         x = layer_norm("decoder_proj_ln")(x + pos).astype(self.dtype)
         x = constrain(x, ("batch", "length", "embed"))
-        block = maybe_remat(CrossAttentionBlock, self.remat)
-        for i in range(self.depth):
-            x = block(self.num_heads, self.mlp_dim, self.attn_dropout, self.proj_dropout, dtype=self.dtype,
-                      name=f"decoder_blocks_{i}")(x, text, deterministic)
+        x = stack(CrossAttentionBlock, self.depth, "decoder_blocks", self.scan, self.remat, num_heads=self.num_heads,
+                  mlp_dim=self.mlp_dim, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
+                  dtype=self.dtype)(x, text, deterministic)
         x = layer_norm("decoder_norm")(x)[:, self.buffer_size:]
         diff_pos = param(self, "diffusion_pos_embed_learned", (1, positions - self.buffer_size, self.width),
                          (None, "length", "embed"), _POS_INIT)

@@ -15,7 +15,7 @@ Dimension letters: B batch, C text context (77), V vocabulary, W tower width, E 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dream_jax.models.transformer import Block, constrain, dense, layer_norm, maybe_remat, param
+from dream_jax.models.transformer import Block, constrain, dense, layer_norm, param, stack
 
 
 class ClipTextTower(nn.Module):
@@ -28,7 +28,8 @@ class ClipTextTower(nn.Module):
     num_heads: int
     embed_dim: int
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, ids):
@@ -41,10 +42,8 @@ class ClipTextTower(nn.Module):
         x = (jnp.take(table, ids, axis=0) + pos[None]).astype(self.dtype)
         x = constrain(x, ("batch", "length", "embed"))
         causal = jnp.tril(jnp.ones((self.context_length, self.context_length), bool))[None, None]
-        block = maybe_remat(Block, self.remat)
-        for c in range(self.depth):
-            x = block(self.num_heads, 4 * self.width, eps=1e-5, dtype=self.dtype,
-                      name=f"transformer_resblocks_{c}")(x, causal, True)
+        x = stack(Block, self.depth, "transformer_resblocks", self.scan, self.remat, num_heads=self.num_heads,
+                  mlp_dim=4 * self.width, eps=1e-5, dtype=self.dtype)(x, causal, True)
         x = layer_norm("ln_final", eps=1e-5)(x)
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(ids, axis=-1)]
         proj = param(self, "text_projection", (self.width, self.embed_dim), ("embed", "proj"),
@@ -62,7 +61,8 @@ class TextAligner(nn.Module):
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"
+    scan: bool = False
 
     @nn.compact
     def __call__(self, features, deterministic=True):
@@ -70,8 +70,6 @@ class TextAligner(nn.Module):
         pos = param(self, "text_pos_emb", (1, features.shape[1], self.width), (None, "length", "embed"),
                     nn.initializers.normal(0.02))
         x = layer_norm("text_proj_ln")(x + pos).astype(self.dtype)
-        block = maybe_remat(Block, self.remat)
-        for a in range(self.depth):
-            x = block(self.num_heads, self.mlp_dim, self.attn_dropout, self.proj_dropout, dtype=self.dtype,
-                      name=f"text_aligner_{a}")(x, None, deterministic)
-        return x
+        return stack(Block, self.depth, "text_aligner", self.scan, self.remat, num_heads=self.num_heads,
+                     mlp_dim=self.mlp_dim, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
+                     dtype=self.dtype)(x, None, deterministic)

@@ -1,11 +1,12 @@
 """Transformer pieces shared by every tower of DREAM: one attention, one MLP, two blocks.
 
-The encoder, decoder, text aligner and CLIP text tower all use these, so there is exactly one attention
-implementation in the project. Parameter names follow the authors' timm modules (`qkv`, `proj`, `fc1`, `fc2`,
+The encoder, decoder, text aligner and CLIP text tower all use these, through `stack` (unrolled or nn.scan'ed
+blocks with a remat policy), so there is exactly one attention implementation in the project. Parameter names follow the authors' timm modules (`qkv`, `proj`, `fc1`, `fc2`,
 `norm1`, ...; see ../shared/OFFICIAL_LAYOUT.md) so export is a rename + reshape. The fused `qkv` kernel is stored as
 [D, 3, H, K] instead of torch's [3D, D]: the same numbers, but the head axis stays shardable over `tensor`.
 
-Dimension letters: B batch, L query length, S key length, D width, H heads, K head dim (D / H), M MLP hidden.
+Dimension letters: B batch, L query length, S key length, D width, H heads, K head dim (D / H), M MLP hidden,
+N blocks of a tower (the stacked `layers` axis).
 """
 
 import math
@@ -178,10 +179,66 @@ def param(module, name, shape, names, init):
     return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
 
 
-def maybe_remat(cls, remat):
-    """The block class, rematerialised in the backward pass when `remat` (memory for compute).
+# model.remat: what a block keeps for the backward pass (jax.checkpoint policies); "none" keeps everything.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep x @ W, recompute the rest
+}
 
-    Both blocks take `deterministic` as their third call argument (index 3 counting self); callers pass it
-    positionally so it stays static under remat.
+
+def remat_policy(name):
+    """The jax.checkpoint policy of a `model.remat` setting; ValueError naming the choices otherwise."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={name!r}: expected one of {', '.join(map(repr, REMAT_POLICIES))}")
+    return REMAT_POLICIES[name]
+
+
+class ScanBlock(Block):
+    """Block as an nn.scan body: (x, mask, deterministic) -> (x, None)."""
+
+    @nn.compact
+    def __call__(self, x, mask=None, deterministic=True):
+        return super().__call__(x, mask, deterministic), None
+
+
+class ScanCrossAttentionBlock(CrossAttentionBlock):
+    """CrossAttentionBlock as an nn.scan body: (x, y, deterministic) -> (x, None)."""
+
+    @nn.compact
+    def __call__(self, x, y, deterministic=True):
+        return super().__call__(x, y, deterministic), None
+
+
+_SCAN_BODY = {Block: ScanBlock, CrossAttentionBlock: ScanCrossAttentionBlock}
+
+
+def stack(cls, depth, name, scan, remat, **fields):
+    """`depth` blocks of `cls` (Block or CrossAttentionBlock) in order, as one function (x, other, deterministic)
+    -> x; `other` is the block's second argument (mask or text), the same for every block.
+
+    Unrolled (`scan` False): submodules `{name}_0` ... `{name}_{depth-1}`. Scanned: one nn.scan submodule `name`
+    whose parameters carry a leading `layers` axis of size depth (maxtext's scan_layers), so XLA compiles one block
+    instead of depth; dream_jax/export/layout.py maps both to the authors' per-block keys. `remat` names a
+    REMAT_POLICIES entry. Call it inside the parent's compact method; the function may be called several times
+    (the encoder's capacity classes), sharing the parameters.
     """
-    return nn.remat(cls, static_argnums=(3,)) if remat else cls
+    policy = remat_policy(remat)
+    if depth == 0:  # a tower without blocks (tests): no parameters, not even an empty stack
+        return lambda x, other, deterministic: x
+    body = _SCAN_BODY[cls] if scan else cls
+    if remat != "none":  # deterministic (argument 3 counting self) stays a Python bool
+        body = nn.remat(body, static_argnums=(3,), policy=policy, prevent_cse=not scan)
+    if not scan:
+        blocks = [body(**fields, name=f"{name}_{i}") for i in range(depth)]
+
+        def unrolled(x, other, deterministic):
+            for block in blocks:
+                x = block(x, other, deterministic)
+            return x
+
+        return unrolled
+    scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})(**fields, name=name)
+    return lambda x, other, deterministic: scanned(x, other, deterministic)[0]
