@@ -140,6 +140,9 @@ def get_base_config(scale="B"):
         # nn.scan over the blocks of each tower: parameters stacked on a leading `layers` axis in the train state,
         # one block compiled per tower (export, import and info see the authors' per-block layout either way).
         scan_layers=True,
+        # jax.nn.dot_product_attention's implementation: "xla" (any device) or "cudnn" (NVIDIA, bf16/fp16: the
+        # fused kernel). Training with attn_dropout > 0 runs attention explicitly (no fused kernel drops weights).
+        attention="xla",
         # The encoder runs on visible tokens: each step's batch is cut into up to encoder_classes classes of
         # similar mask ratios, each at a capacity rounded up to a multiple of seq_len / encoder_buckets (one compiled
         # step per plan; docs/SCALING.md). encoder_classes=1, encoder_buckets=1: the key-masked encoder only.

@@ -61,6 +61,7 @@ CASES = [
     ("tokenizer.kind", "jpeg", r"tokenizer\.kind='jpeg'"),
     ("optim.schedule", "linear", r"optim\.schedule='linear'"),
     ("model.remat", "sometimes", r"model\.remat='sometimes': expected one of 'none', 'full', 'save_dots'"),
+    ("model.attention", "flash", r"model\.attention='flash': expected one of 'xla', 'cudnn'"),
     ("profile_steps", "5", r"profile_steps='5': expected two step numbers 'a,b'"),
     ("profile_steps", "a,b", r"profile_steps='a,b': expected two step numbers"),
     ("profile_steps", "0,3", r"profile_steps='0,3': need 1 <= a <= b <= total steps \(3000\)"),

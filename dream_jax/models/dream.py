@@ -37,14 +37,15 @@ class DREAM(nn.Module):
         dtype = jnp.dtype(c.dtype)
         common = dict(width=c.width, num_heads=c.num_heads, mlp_dim=c.mlp_dim, attn_dropout=c.attn_dropout,
                       proj_dropout=c.proj_dropout, dtype=dtype, remat=c.remat,
-                      scan=c.scan_layers)
+                      scan=c.scan_layers, attention=c.attention)
         self.encoder = Encoder(depth=c.encoder_depth, buffer_size=c.buffer_size, num_classes=c.num_classes,
                                capacity=tuple(c.get("encoder_capacity", ())), **common)
         self.decoder = Decoder(depth=c.decoder_depth, buffer_size=c.buffer_size, **common)
         self.aligner = TextAligner(depth=c.aligner_depth, **common)
         t = c.text_tower
         self.text_tower = ClipTextTower(t.vocab_size, t.context_length, t.width, t.depth, t.num_heads, c.embed_dim,
-                                        dtype=dtype, remat=c.remat, scan=c.scan_layers)
+                                        dtype=dtype, remat=c.remat, scan=c.scan_layers,
+                                        attention=c.attention)
         self.image_projection = ImageProjection(c.proj_hidden_dim, c.embed_dim)
         self.diffloss = SimpleMLPAdaLN(c.token_dim, c.diffloss_width, c.diffloss_depth, dtype=dtype, name="diffloss_net")
         self.logit_scale = self.param("logit_scale", nn.with_logical_partitioning(

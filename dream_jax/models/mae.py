@@ -57,6 +57,7 @@ class Encoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"
     scan: bool = False
+    attention: str = "xla"
     capacity: tuple = ()
 
     @nn.compact
@@ -74,7 +75,7 @@ class Encoder(nn.Module):
         x = constrain(x, ("batch", "length", "embed"))
         blocks = stack(Block, self.depth, "encoder_blocks", self.scan, self.remat, num_heads=self.num_heads,
                        mlp_dim=self.mlp_dim, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
-                       dtype=self.dtype)
+                       dtype=self.dtype, attention=self.attention)
         norm = layer_norm("encoder_norm")
 
         def run(x, keep):  # [b, n, D], [b, n] -> [b, n, D]
@@ -117,6 +118,7 @@ class Decoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"
     scan: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x, mask, text, deterministic=True):
@@ -131,7 +133,7 @@ class Decoder(nn.Module):
         x = constrain(x, ("batch", "length", "embed"))
         x = stack(CrossAttentionBlock, self.depth, "decoder_blocks", self.scan, self.remat, num_heads=self.num_heads,
                   mlp_dim=self.mlp_dim, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
-                  dtype=self.dtype)(x, text, deterministic)
+                  dtype=self.dtype, attention=self.attention)(x, text, deterministic)
         x = layer_norm("decoder_norm")(x)[:, self.buffer_size:]
         diff_pos = param(self, "diffusion_pos_embed_learned", (1, positions - self.buffer_size, self.width),
                          (None, "length", "embed"), _POS_INIT)

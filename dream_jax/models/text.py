@@ -30,6 +30,7 @@ class ClipTextTower(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"
     scan: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, ids):
@@ -43,7 +44,7 @@ class ClipTextTower(nn.Module):
         x = constrain(x, ("batch", "length", "embed"))
         causal = jnp.tril(jnp.ones((self.context_length, self.context_length), bool))[None, None]
         x = stack(Block, self.depth, "transformer_resblocks", self.scan, self.remat, num_heads=self.num_heads,
-                  mlp_dim=4 * self.width, eps=1e-5, dtype=self.dtype)(x, causal, True)
+                  mlp_dim=4 * self.width, eps=1e-5, dtype=self.dtype, attention=self.attention)(x, causal, True)
         x = layer_norm("ln_final", eps=1e-5)(x)
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(ids, axis=-1)]
         proj = param(self, "text_projection", (self.width, self.embed_dim), ("embed", "proj"),
@@ -63,6 +64,7 @@ class TextAligner(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"
     scan: bool = False
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, features, deterministic=True):
@@ -72,4 +74,4 @@ class TextAligner(nn.Module):
         x = layer_norm("text_proj_ln")(x + pos).astype(self.dtype)
         return stack(Block, self.depth, "text_aligner", self.scan, self.remat, num_heads=self.num_heads,
                      mlp_dim=self.mlp_dim, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
-                     dtype=self.dtype)(x, None, deterministic)
+                     dtype=self.dtype, attention=self.attention)(x, None, deterministic)

@@ -82,17 +82,25 @@ def constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention from x to y (y = x for self-attention).
 
     Self-attention uses one fused `qkv` projection (timm's Attention); cross-attention uses `q` and `kv`
     (the authors' CrossAttention). `mask` [B or 1, 1 or H, L, S] is True where a query may attend a key.
+    The product runs in `jax.nn.dot_product_attention` (`implementation` "xla", or "cudnn": the fused cuDNN
+    kernel on NVIDIA GPUs, bfloat16 / float16 only), logits and softmax in float32; only while attention
+    dropout is active (training with attn_dropout > 0) does it run as explicit einsum-softmax-dropout-einsum,
+    since no fused kernel drops attention weights.
     """
 
     num_heads: int
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(self, x, y=None, mask=None, deterministic=True):
@@ -108,15 +116,24 @@ class MultiHeadAttention(nn.Module):
             q = dense(hk, ("embed", "heads", "kv"), "q", self.dtype)(x)
             kv = dense((2, *hk), ("embed", None, "heads", "kv"), "kv", self.dtype)(y)
             k, v = kv[:, :, 0], kv[:, :, 1]
-        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+        if self.attn_dropout > 0 and not deterministic:
+            out = self._explicit(q, k, v, mask, deterministic)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim**-0.5,
+                                               implementation=self.implementation).astype(self.dtype)
+        out = dense(width, ("heads", "kv", "embed"), "proj", self.dtype, num_in=2)(out)
+        return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+
+
+    def _explicit(self, q, k, v, mask, deterministic):
+        """[B, L, H, K] x [B, S, H, K] x [B, S, H, K] -> [B, L, H, K] with dropout on the attention weights."""
         logits = jnp.einsum("blhk,bshk->bhls", q, k, preferred_element_type=jnp.float32)
+        logits = logits * (q.shape[-1] ** -0.5)
         if mask is not None:
             logits = jnp.where(mask, logits, _NEG_INF)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.attn_dropout)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhls,bshk->blhk", weights, v)
-        out = dense(width, ("heads", "kv", "embed"), "proj", self.dtype, num_in=2)(out)
-        return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+        return jnp.einsum("bhls,bshk->blhk", weights, v)
 
 
 class Mlp(nn.Module):
@@ -147,10 +164,12 @@ class Block(nn.Module):
     proj_dropout: float = 0.0
     eps: float = 1e-6
     dtype: Dtype = jnp.float32
+    attention: str = "xla"  # MultiHeadAttention.implementation
 
     @nn.compact
     def __call__(self, x, mask=None, deterministic=True):
-        attn = MultiHeadAttention(self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, name="attn")
+        attn = MultiHeadAttention(self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, self.attention,
+                                  name="attn")
         x = x + attn(layer_norm("norm1", self.eps)(x).astype(self.dtype), mask=mask, deterministic=deterministic)
         mlp = Mlp(self.mlp_dim, self.proj_dropout, self.dtype, name="mlp")
         x = x + mlp(layer_norm("norm2", self.eps)(x).astype(self.dtype), deterministic)
@@ -163,7 +182,7 @@ class CrossAttentionBlock(Block):
     @nn.compact
     def __call__(self, x, y, deterministic=True):
         attention = lambda name: MultiHeadAttention(  # noqa: E731
-            self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, name=name
+            self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, self.attention, name=name
         )
         x = x + attention("self_attn")(layer_norm("norm0", self.eps)(x).astype(self.dtype), deterministic=deterministic)
         x = x + attention("cross_attn")(
