@@ -1,7 +1,7 @@
 """Training throughput of the real train step: examples/s, image tokens/s and MFU, on whatever device is present.
 
     python benchmarks/throughput.py [--config=configs/dream_tiny.py] [--batch_size=N] [--steps=10] [--warmup=2]
-        [--mask_ratio=0.75] [--set model.width=256 --set data.source=latents ...]
+        [--mask_ratio=0.75] [--sample_batch=256] [--set model.width=256 --set data.source=latents ...]
 
 The step is train.compile_step's (the jitted train step of train_and_evaluate, sharded over every device, the
 encoder at the capacity plan of the step's ratios) on one random batch of the config's shapes (no input pipeline
@@ -13,6 +13,10 @@ MFU = flops.train_flops_per_example at --mask_ratio (plus the frozen T5 forward;
 examples/s / (devices x peak). The peak is the device kind's dense bf16 spec (PEAK_FLOPS). On a device with no
 spec (CPU) it is a float32 / bfloat16 matmul of the model's dtype timed in the same process, and the report says
 so: the house rule that benchmarks print ratios against a reference run in the same process.
+
+With --sample_batch=N (0 = skip) it also times generation of N prompts (generate.generate, the config's sampling
+settings: plain decoding and SAD with the config's K and T_c, random weights and prompts, one jit each, warm),
+in images/s and SAD's time over plain's. Tokens only: the VAE decode of the finished tokens is not included.
 
 Dimension letters: B batch, N matmul size.
 """
@@ -114,6 +118,34 @@ def measure(config, steps, warmup):
         return (time.perf_counter() - start) / steps, warm
 
 
+def measure_sampling(config, batch):
+    """{'plain', 'sad'} -> warm seconds of generate.generate on `batch` random prompts (random weights)."""
+    from dream_jax import generate  # noqa: PLC0415  (only this measurement needs it)
+
+    mesh = sharding.make_mesh(config, jax.devices()[:1])
+    with tempfile.TemporaryDirectory() as directory:
+        config, _ = compile_lib._stand_in_dirs(config, directory)
+        frozen = random_like(compile_lib.abstract_frozen(config))
+        state = train.create_state(config, mesh)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        m = config.model
+        rng = np.random.default_rng(2)
+        clip_ids = jnp.asarray(rng.integers(1, m.text_tower.vocab_size, (batch, m.text_tower.context_length)),
+                               jnp.int32)
+        cond_ids = jnp.asarray(rng.integers(1, 100, (batch, m.cond_len)), jnp.int32)
+        cond_mask = jnp.ones((batch, m.cond_len), jnp.int32)
+        fc = generate.freeze(config)
+        out = {}
+        for name, opts in (("plain", generate.options_from_config(config, num_candidates=1, sad_step=0)),
+                           ("sad", generate.options_from_config(config))):
+            args = (fc, opts, variables, frozen, clip_ids, cond_ids, cond_mask, jax.random.key(0))
+            jax.block_until_ready(generate.generate(*args))
+            start = time.perf_counter()
+            jax.block_until_ready(generate.generate(*args))
+            out[name] = time.perf_counter() - start
+        return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/dream_tiny.py")
@@ -121,6 +153,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mask_ratio", type=float, default=0.75)
+    parser.add_argument("--sample_batch", type=int, default=0, help="also time generation of N prompts (0: skip)")
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.width=256")
     args = parser.parse_args()
     config = make_config(args)
@@ -146,6 +179,14 @@ def main():
     print(f"  model FLOP/s   {achieved / 1e12:.3f} TFLOP/s ({per_example / 1e9:.2f} GFLOP an example, flops.py)")
     print(f"  peak           {peak_flops / 1e12:.3f} TFLOP/s per device ({peak_name})")
     print(f"  MFU            {achieved / (len(devices) * peak_flops):.3f}")
+    if args.sample_batch:
+        s = config.sampling
+        times = measure_sampling(config, args.sample_batch)
+        print(f"sampling {args.sample_batch} prompts on 1 x {kind}: {s.num_iter} decoding steps, "
+              f"{config.diffusion.sampling_steps} head steps, CFG {s.cfg}; SAD K={s.num_candidates}, T_c={s.sad_step}")
+        for name, seconds in times.items():
+            print(f"  {name:<6} {seconds:.2f} s, {args.sample_batch / seconds:.1f} images/s "
+                  f"({seconds / times['plain']:.2f} x plain)")
 
 
 if __name__ == "__main__":

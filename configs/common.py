@@ -139,7 +139,10 @@ def get_base_config(scale="B"):
         remat=PARALLELISM[scale]["remat"],
         # nn.scan over the blocks of each tower: parameters stacked on a leading `layers` axis in the train state,
         # one block compiled per tower (export, import and info see the authors' per-block layout either way).
-        scan_layers=True,
+        # Off in the presets: G on a v5p-128 compiles in 22 s instead of ~7 min, but its loop's saved activations
+        # need 105 GiB a chip (XLA cannot rematerialise them) and remat in the decoder crashes libtpu 0.0.42
+        # (docs/SCALING.md, "Scanned blocks").
+        scan_layers=False,
         # jax.nn.dot_product_attention's implementation: "xla" (any device) or "cudnn" (NVIDIA, bf16/fp16: the
         # fused kernel). Training with attn_dropout > 0 runs attention explicitly (no fused kernel drops weights).
         attention="xla",

@@ -68,23 +68,27 @@ def test_bad_topologies_are_user_errors():
         compile_lib.topology_devices("v5e:3x7x9")
 
 
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("scale", ["B", "L", "H", "G"])
-def test_scale_presets_shard_weights_as_configured(scale):
+def test_scale_presets_shard_weights_as_configured(scale, scan):
     # configs/common.py PARALLELISM on a v5e-256: FSDP over F chips, data parallel over the rest; every weight's
     # `embed` axis splits F ways (abstract state only: nothing is allocated or compiled).
     from configs import common
 
     config = common.get_base_config(scale)
+    config.model.scan_layers = scan
     fsdp = common.PARALLELISM[scale]["mesh"][1]
     mesh = sharding.make_mesh(config, compile_lib.topology_devices("v5e:16x16"))
     assert dict(mesh.shape) == {"data": 256 // fsdp, "fsdp": fsdp, "tensor": 1}
-    assert config.model.remat == common.PARALLELISM[scale]["remat"] and config.model.scan_layers
+    assert config.model.remat == common.PARALLELISM[scale]["remat"]
     params = state_lib.abstract_state(config, mesh).params
-    d, heads, n = config.model.width, config.model.num_heads, config.model.encoder_depth
+    d, heads = config.model.width, config.model.num_heads
     # Scanned blocks: one stacked array per weight, its `layers` axis replicated, the rest as an unrolled block's.
-    qkv = params["encoder"]["encoder_blocks"]["attn"]["qkv"]["kernel"]
-    assert tuple(qkv.sharding.spec) == (None, "fsdp", None, "tensor", None)
-    assert qkv.sharding.shard_shape(qkv.shape) == (n, d // fsdp, 3, heads, d // heads)
-    fc1 = params["decoder"]["decoder_blocks"]["mlp"]["fc1"]["kernel"]
-    assert fc1.sharding.shard_shape(fc1.shape) == (config.model.decoder_depth, d // fsdp, config.model.mlp_dim)
+    qkv = params["encoder"]["encoder_blocks" if scan else "encoder_blocks_0"]["attn"]["qkv"]["kernel"]
+    layers = (None,) if scan else ()
+    assert tuple(qkv.sharding.spec) == layers + ("fsdp", None, "tensor", None)
+    depth = (config.model.encoder_depth,) if scan else ()
+    assert qkv.sharding.shard_shape(qkv.shape) == depth + (d // fsdp, 3, heads, d // heads)
+    fc1 = params["decoder"]["decoder_blocks" if scan else "decoder_blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert fc1.sharding.shard_shape(fc1.shape) == depth + (d // fsdp, config.model.mlp_dim)
     assert params["logit_scale"].sharding.is_fully_replicated

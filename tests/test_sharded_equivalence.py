@@ -4,8 +4,8 @@
 set, logical-axis rules active) on (data, fsdp, tensor) meshes (8,1,1), (2,4,1), (2,2,2) and on a single device
 (1,1,1). Parameters come from `create_state` on each mesh and must be bit-identical; loss, metrics, updated
 BatchNorm statistics and gradients must agree to float32 reduction-order noise. On (2,2,2) a few weights are
-checked to be physically split as the axis rules say. The same holds with scanned blocks (model.scan_layers, the
-paper scales' default) on (2,2,2) against one device: their stacked weights split like unrolled ones.
+checked to be physically split as the axis rules say. The same holds with scanned blocks (model.scan_layers, for
+fast compiles) on (2,2,2) against one device: their stacked weights split like unrolled ones.
 
 Dimension letters: B global batch, H/W image size, C CLIP context, Lt cond length, D width, K head dim.
 """
