@@ -96,12 +96,14 @@ def make_config(args):
 
 
 def measure(config, steps, warmup):
-    """(seconds per step, compile-and-warmup seconds) of train.compile_step on random inputs."""
+    """(seconds per step, compile-and-warmup seconds, the frozen T5's shape or None) of train.compile_step on
+    random inputs."""
     train.validate_config(config)
     mesh = sharding.make_mesh(config)
     train.check_batch(config, mesh)
     with tempfile.TemporaryDirectory() as directory:  # T5 / VAE config.json stand-ins, read while tracing
         config, _ = compile_lib._stand_in_dirs(config, directory)
+        t5 = compile_lib._t5_shape(config) if config.text.cond_encoder == "t5" else None
         frozen = jax.device_put(random_like(compile_lib.abstract_frozen(config)), sharding.replicated(mesh))
         batch = sharding.global_batch(random_like(compile_lib.abstract_batch(config), seed=1), mesh, config)
         state = train.create_state(config, mesh)
@@ -115,7 +117,7 @@ def measure(config, steps, warmup):
         for i in range(warmup, warmup + steps):
             state, metrics = step_fn(state, frozen, batch, i)
         jax.block_until_ready((state, metrics))
-        return (time.perf_counter() - start) / steps, warm
+        return (time.perf_counter() - start) / steps, warm, t5
 
 
 def measure_sampling(config, batch):
@@ -157,11 +159,10 @@ def main():
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.width=256")
     args = parser.parse_args()
     config = make_config(args)
-    seconds, warm = measure(config, args.steps, args.warmup)
+    seconds, warm, t5 = measure(config, args.steps, args.warmup)
 
     devices = jax.devices()
     kind = devices[0].device_kind
-    t5 = compile_lib._t5_shape(config) if config.text.cond_encoder == "t5" else None
     per_example = flops.train_flops_per_example(config, args.mask_ratio, t5)
     examples = config.batch_size / seconds
     achieved = per_example * examples

@@ -19,7 +19,9 @@ Deviations from the paper, each with its measured effect (docs/BENCHMARKS.md, "T
 - batch 32 at lr 1e-3 (base_lr 8e-3 x 32 / 256), 3000 steps with a 2-epoch lr warmup, EMA 0.99: the generator
   follows the prompt after about as many optimiser steps whatever the batch, so small batches reach it soonest.
 - sampling: 8 decoding steps (16 tokens), SAD after 4 of them (K=5; half the steps, 31% of the tokens decoded
-  vs 29% at the authors' T_c=32 of 64), 50 head steps; T_c=3 and 5 measured alike (docs/BENCHMARKS.md).
+  vs 29% at the authors' T_c=32 of 64), 50 head steps; T_c=3 to 7 measured alike (docs/BENCHMARKS.md).
+- evals.alignment.num_prompts=128 (one sample each), plain and SAD paired by common random numbers: 64 prompts
+  left differences of one or two samples in the noise.
 """
 
 import ml_collections
