@@ -140,7 +140,8 @@ def test_sad_keeps_plain_decoding_where_candidate_zero_wins(setup):
         plain, _, _ = run(setup, OPTS, seed=seed)
         sad, _, best = run(setup, opts, seed=seed)
         for i, b in enumerate(np.asarray(best)):
-            same = np.allclose(np.asarray(sad)[i], np.asarray(plain)[i], atol=1e-5)
+            # Kept: float noise of a 4x larger batch, amplified by the chain (<= 1e-4 of tokens ~10); switched: ~10.
+            same = np.allclose(np.asarray(sad)[i], np.asarray(plain)[i], rtol=0, atol=1e-3)
             assert same == (b == 0), (seed, i, b)
             kept, switched = kept + (b == 0), switched + (b != 0)
     assert kept and switched, (kept, switched)
