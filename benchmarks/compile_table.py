@@ -14,7 +14,6 @@ extra).
 """
 
 import argparse
-import ast
 import ctypes
 import json
 import os
@@ -39,7 +38,9 @@ config = importlib.import_module("configs.dream_{scale}").get_config()
 config.compile_topology = {topology!r}
 config.data.source = {source!r}
 config.grad_accum_steps = {accum} or config.grad_accum_steps
-config.update_from_flattened_dict({overrides!r})
+from configs import common
+for assignment in {overrides!r}:
+    common.apply_override(config, assignment)
 print("STATS " + json.dumps(compile_lib.compile_stats(config)), flush=True)
 """
 
@@ -73,25 +74,11 @@ def _child_setup():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
-def parse_overrides(items):
-    """['model.remat=full', 'model.scan_layers=False'] -> {name: value}, values as Python literals or strings."""
-    out = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--set={item!r}: expected KEY=VALUE")
-        try:
-            out[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[name] = text
-    return out
-
-
 def run_row(scale, topology, source, max_rss_gib, accum=0, overrides=None):
     """(stats dict or None, note, seconds, peak GiB) of one compile in a child process."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     code = _CHILD.format(repo=REPO, scale=scale.lower(), topology=topology, source=source, accum=accum,
-                         overrides=overrides or {})
+                         overrides=list(overrides or ()))
     start, peak = time.monotonic(), 0.0
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_child_setup)
@@ -147,13 +134,12 @@ def main():
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config override (repeatable)")
     parser.add_argument("--no_header", action="store_true", help="rows only (to append to a table)")
     args = parser.parse_args()
-    overrides = parse_overrides(args.set)
     if not args.no_header:
         print(HEADER, flush=True)
     for scale in args.scales.split(","):
         for name in args.slices.split(","):
             stats, note, seconds, peak = run_row(scale, SLICES.get(name, name), args.source, args.max_rss_gib,
-                                                 args.grad_accum_steps, overrides)
+                                                 args.grad_accum_steps, args.set)
             print(format_row(scale, name, stats, note), flush=True)
             print(f"  ({scale} on {name}: {seconds:.0f} s, peak host memory {peak:.1f} GiB)", file=sys.stderr,
                   flush=True)

@@ -1,4 +1,4 @@
-"""What SAD's critic sees: does DREAM's own image-text score prefer the right attribute, on real and on generated images?
+"""What SAD's critic sees: does DREAM's own image-text score prefer the right attribute, on real and generated images?
 
     python benchmarks/sad_scorer.py --workdirs=workdir/bench_tiny/seed0,workdir/bench_tiny/seed1 [--num=128] [--k=5]
 

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import common  # noqa: E402
 from dream_jax import compile as compile_lib  # noqa: E402
-from dream_jax import flops, sharding, train  # noqa: E402
+from dream_jax import flops, generate, sharding, train  # noqa: E402
 from dream_jax import state as state_lib  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device (a chip; v4 / v5p megacore), by a substring of jax's device_kind.
@@ -122,8 +122,6 @@ def measure(config, steps, warmup):
 
 def measure_sampling(config, batch):
     """{'plain', 'sad'} -> warm seconds of generate.generate on `batch` random prompts (random weights)."""
-    from dream_jax import generate  # noqa: PLC0415  (only this measurement needs it)
-
     mesh = sharding.make_mesh(config, jax.devices()[:1])
     with tempfile.TemporaryDirectory() as directory:
         config, _ = compile_lib._stand_in_dirs(config, directory)

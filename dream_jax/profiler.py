@@ -1,9 +1,10 @@
 """`--config.profile_steps=a,b`: a jax.profiler trace of train steps a..b (1-based, inclusive) in the workdir.
 
 The trace goes to WORKDIR/tensorboard/plugins/profile/<run>/ (the layout TensorBoard's profile plugin and XProf
-read), beside the scalars, so `tensorboard --logdir=WORKDIR/tensorboard` shows both. Tracing starts before step a is dispatched and stops
-once step b's results are ready, so the trace holds whole steps; compilation is in it only if a is the first step
-of the run. Every process of a multi-host job traces its own host. A resumed run that starts past a traces nothing.
+read), beside the scalars, so `tensorboard --logdir=WORKDIR/tensorboard` shows both. Tracing starts before step a
+is dispatched and stops once step b's results are ready, so the trace holds whole steps; compilation is in it only
+if a is the first step of the run. Every process of a multi-host job traces its own host. A resumed run that
+starts past a traces nothing.
 """
 
 import jax

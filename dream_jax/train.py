@@ -370,9 +370,7 @@ def validate_config(config):
                          f"{(image // stride) ** 2} tokens of dim {dim}, but model.seq_len="
                          f"{m.seq_len} and model.token_dim={m.token_dim}")
     transformer.remat_policy(m.remat)
-    if m.attention not in transformer.ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"model.attention={m.attention!r}: expected one of "
-                         f"{', '.join(map(repr, transformer.ATTENTION_IMPLEMENTATIONS))}")
+    transformer.check_choice("model.attention", m.attention, transformer.ATTENTION_IMPLEMENTATIONS)
     profiler.parse(config.profile_steps, total_steps(config))
     learning_rate(config)
 

@@ -1,14 +1,16 @@
 """Transformer pieces shared by every tower of DREAM: one attention, one MLP, two blocks.
 
 The encoder, decoder, text aligner and CLIP text tower all use these, through `stack` (unrolled or nn.scan'ed
-blocks with a remat policy), so there is exactly one attention implementation in the project. Parameter names follow the authors' timm modules (`qkv`, `proj`, `fc1`, `fc2`,
-`norm1`, ...; see ../shared/OFFICIAL_LAYOUT.md) so export is a rename + reshape. The fused `qkv` kernel is stored as
+blocks with a remat policy), so there is exactly one attention implementation in the project. Parameter names
+follow the authors' timm modules (`qkv`, `proj`, `fc1`, `fc2`, `norm1`, ...; see ../shared/OFFICIAL_LAYOUT.md) so
+export is a rename + reshape. The fused `qkv` kernel is stored as
 [D, 3, H, K] instead of torch's [3D, D]: the same numbers, but the head axis stays shardable over `tensor`.
 
 Dimension letters: B batch, L query length, S key length, D width, H heads, K head dim (D / H), M MLP hidden,
 N blocks of a tower (the stacked `layers` axis).
 """
 
+import functools
 import math
 from typing import Any
 
@@ -124,7 +126,6 @@ class MultiHeadAttention(nn.Module):
         out = dense(width, ("heads", "kv", "embed"), "proj", self.dtype, num_in=2)(out)
         return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
 
-
     def _explicit(self, q, k, v, mask, deterministic):
         """[B, L, H, K] x [B, S, H, K] x [B, S, H, K] -> [B, L, H, K] with dropout on the attention weights."""
         logits = jnp.einsum("blhk,bshk->bhls", q, k, preferred_element_type=jnp.float32)
@@ -206,30 +207,29 @@ REMAT_POLICIES = {
 }
 
 
+def check_choice(setting, value, choices):
+    """ValueError naming the setting and its choices unless `value` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{setting}={value!r}: expected one of {', '.join(map(repr, choices))}")
+
+
 def remat_policy(name):
     """The jax.checkpoint policy of a `model.remat` setting; ValueError naming the choices otherwise."""
-    if name not in REMAT_POLICIES:
-        raise ValueError(f"model.remat={name!r}: expected one of {', '.join(map(repr, REMAT_POLICIES))}")
+    check_choice("model.remat", name, tuple(REMAT_POLICIES))
     return REMAT_POLICIES[name]
 
 
-class ScanBlock(Block):
-    """Block as an nn.scan body: (x, mask, deterministic) -> (x, None)."""
+@functools.cache
+def _scan_body(cls):
+    """`cls` (Block or CrossAttentionBlock) as an nn.scan body: (x, other, deterministic) -> (x, None)."""
 
-    @nn.compact
-    def __call__(self, x, mask=None, deterministic=True):
-        return super().__call__(x, mask, deterministic), None
+    class ScanBody(cls):
+        @nn.compact
+        def __call__(self, x, other, deterministic=True):
+            return super().__call__(x, other, deterministic), None
 
-
-class ScanCrossAttentionBlock(CrossAttentionBlock):
-    """CrossAttentionBlock as an nn.scan body: (x, y, deterministic) -> (x, None)."""
-
-    @nn.compact
-    def __call__(self, x, y, deterministic=True):
-        return super().__call__(x, y, deterministic), None
-
-
-_SCAN_BODY = {Block: ScanBlock, CrossAttentionBlock: ScanCrossAttentionBlock}
+    ScanBody.__name__ = f"Scan{cls.__name__}"
+    return ScanBody
 
 
 def stack(cls, depth, name, scan, remat, **fields):
@@ -245,7 +245,7 @@ def stack(cls, depth, name, scan, remat, **fields):
     policy = remat_policy(remat)
     if depth == 0:  # a tower without blocks (tests): no parameters, not even an empty stack
         return lambda x, other, deterministic: x
-    body = _SCAN_BODY[cls] if scan else cls
+    body = _scan_body(cls) if scan else cls
     if remat != "none":  # deterministic (argument 3 counting self) stays a Python bool
         body = nn.remat(body, static_argnums=(3,), policy=policy, prevent_cse=not scan)
     if not scan:
