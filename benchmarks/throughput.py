@@ -38,6 +38,7 @@ from configs import common  # noqa: E402
 from dream_jax import compile as compile_lib  # noqa: E402
 from dream_jax import flops, generate, sharding, train  # noqa: E402
 from dream_jax import state as state_lib  # noqa: E402
+from dream_jax.models import precision  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device (a chip; v4 / v5p megacore), by a substring of jax's device_kind.
 PEAK_FLOPS = {
@@ -166,7 +167,7 @@ def main():
     achieved = per_example * examples
     peak = spec_peak(kind)
     if peak is None:
-        dtype = jnp.dtype(config.model.dtype)
+        dtype = precision.compute_dtype(config.model.precision)
         peak = (measured_matmul_peak(dtype), f"{dtype.name} 2048^3 matmul measured in this process")
     peak_flops, peak_name = peak
     print(f"DREAM-{config.model.scale} train step on {len(devices)} x {kind} ({jax.default_backend()}), "

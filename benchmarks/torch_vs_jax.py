@@ -9,7 +9,7 @@ clip and AdamW (+ EMA for JAX; torch keeps no EMA, which favours it slightly). T
 text features (T5) precomputed once, the JAX side recomputes them in its step, which favours torch as well.
 torch runs the encoder and decoder per mask group (equal masking per group, as on the authors' GPUs); attention
 uses SDPA; `--compile` wraps the model pieces in torch.compile, `--bf16` autocasts them (JAX then uses
-model.dtype=bfloat16). Prints one JSON line with examples/s of each side and the ratio jax / torch.
+model.precision=bfloat16). Prints one JSON line with examples/s of each side and the ratio jax / torch.
 """
 
 import argparse
@@ -41,7 +41,7 @@ def _config(args):
         config.batch_size = 64
     config.batch_size = args.batch_size or config.batch_size
     config.masking.num_groups = min(config.masking.num_groups, config.batch_size)
-    config.model.dtype = "bfloat16" if args.bf16 else "float32"
+    config.model.precision = "bfloat16" if args.bf16 else "float32"
     return config
 
 
@@ -130,7 +130,7 @@ def main():
     jax_seconds, variables, inputs = jax_side(config, args)
     torch_seconds, device = torch_side(config, variables, inputs, args)
     result = {
-        "config": args.config, "batch_size": config.batch_size, "dtype": config.model.dtype,
+        "config": args.config, "batch_size": config.batch_size, "precision": config.model.precision,
         "torch_compile": args.compile, "jax_device": str(jax.devices()[0].platform), "torch_device": str(device),
         "jax_examples_per_s": config.batch_size / jax_seconds, "torch_examples_per_s": config.batch_size / torch_seconds,
         "jax_over_torch": torch_seconds / jax_seconds,

@@ -133,7 +133,8 @@ def get_base_config(scale="B"):
         proj_hidden_dim=1024,
         diffloss_depth=3,
         diffloss_width=1024,
-        dtype="bfloat16",
+        # Compute dtype; master weights, softmax and losses stay float32 (models/precision.py).
+        precision="bfloat16",
         # What each transformer block keeps for the backward pass: "none" (all), "full" (recompute the block),
         # "save_dots" (keep its x @ W products); models/transformer.REMAT_POLICIES.
         remat=PARALLELISM[scale]["remat"],

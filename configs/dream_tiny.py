@@ -16,7 +16,7 @@ Deviations from the paper, each with its measured effect (docs/BENCHMARKS.md, "T
 - model.encoder_classes=1, encoder_buckets=1: the encoder runs key-masked over all 16 positions, one compiled step;
   capacity classes cost a ~40 s recompile per new plan (10 plans in one run) and save nothing at 16 tokens.
 - widths: 128 wide, 3 encoder + 3 decoder blocks, 4 buffer tokens, a 1-block aligner, a 2-block width-128 head.
-- batch 32 at lr 1e-3 (base_lr 8e-3 x 32 / 256), 3000 steps with a 2-epoch lr warmup, EMA 0.99: the generator
+- batch 32 at lr 1e-3 (base_lr 8e-3 x 32 / 256), 3600 steps with a 2-epoch lr warmup, EMA 0.99: the generator
   follows the prompt after about as many optimiser steps whatever the batch, so small batches reach it soonest.
 - sampling: 8 decoding steps (16 tokens), SAD after 4 of them (K=5; half the steps, 31% of the tokens decoded
   vs 29% at the authors' T_c=32 of 64), 50 head steps; T_c=3 to 7 measured alike (docs/BENCHMARKS.md).
@@ -39,7 +39,7 @@ def get_config():
         aligner_depth=1, cond_dim=64, cond_len=16,
         embed_dim=64, proj_hidden_dim=128,
         diffloss_depth=2, diffloss_width=128,
-        dtype="float32",
+        precision="float32",
         remat="none",  # activations of a tiny model are small; recomputing them would only cost time
         encoder_classes=1, encoder_buckets=1,
     ))
@@ -52,8 +52,8 @@ def get_config():
     c.masking.num_groups = 4
     c.batch_size = 32
     c.num_epochs = 48
-    c.steps_per_epoch = 62  # the warmup's 36 epochs end at step 2232; 48 epochs ~ 3000 steps
-    c.total_steps = 3000
+    c.steps_per_epoch = 75  # the warmup's 36 epochs end at step 2700; 48 epochs = 3600 steps
+    c.total_steps = 3600
     c.optim.update(dict(base_lr=8e-3, warmup_epochs=2.0, weight_decay=0.04, ema_rate=0.99))
     c.mesh.shape = (-1, 1, 1)
     c.data.update(dict(source="shapes", num_workers=0, num_examples=100_000))
@@ -68,7 +68,7 @@ def get_config():
         linear_probe=common.eval_settings("linear_probe", test_split="heldout", num_train=2048, num_test=1024,
                                           steps=300, batch_size=128, train_batch_size=256),
         few_shot=common.eval_settings("few_shot", split="heldout", num_images=1024, batch_size=128),
-        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=128),
+        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=256),
         fid=common.eval_settings("fid", enabled=False, prompts="shapes", reference="shapes", num_samples=1000,
                                  num_reference=1000),
     ))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dream_jax.models import patch_pca
+from dream_jax.models import patch_pca, precision
 from dream_jax.models import patchify as patchify_lib
 from dream_jax.models import t5 as t5_lib
 
@@ -176,10 +176,10 @@ def fit_pca(config):
 
 def cond_encoder(config):
     if config.text.cond_encoder == "tiny_t5":
-        return t5_lib.T5EncoderModel(tiny_t5_config(config))
+        return t5_lib.T5EncoderModel(tiny_t5_config(config), dtype=precision.compute_dtype(config.model.precision))
     from dream_jax import pretrained
 
-    return t5_lib.T5EncoderModel(pretrained.t5_config(config.text.t5_path), dtype=jnp.dtype(config.model.dtype))
+    return t5_lib.T5EncoderModel(pretrained.t5_config(config.text.t5_path), dtype=precision.compute_dtype(config.model.precision))
 
 
 def cond_features(config, frozen, ids, mask):
@@ -193,7 +193,7 @@ def vae(config, dtype=None):
     from dream_jax import pretrained
     from dream_jax.models import vae as vae_lib
 
-    dtype = jnp.dtype(config.model.dtype if dtype is None else dtype)
+    dtype = precision.compute_dtype(config.model.precision) if dtype is None else jnp.dtype(dtype)
     return vae_lib.AutoencoderKL(pretrained.vae_config(config.tokenizer.vae_path), dtype=dtype)
 
 

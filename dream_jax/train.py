@@ -31,7 +31,7 @@ from dream_jax.state import (TrainState, abstract_state, create_state, learning_
 from dream_jax.data import pipeline
 from dream_jax.evaluation import report
 from dream_jax.evaluation import run as eval_run
-from dream_jax.models import gaussian_diffusion, transformer
+from dream_jax.models import gaussian_diffusion, precision, transformer
 from dream_jax.models.dream import DREAM, mean_pool
 
 
@@ -370,6 +370,7 @@ def validate_config(config):
                          f"{(image // stride) ** 2} tokens of dim {dim}, but model.seq_len="
                          f"{m.seq_len} and model.token_dim={m.token_dim}")
     transformer.remat_policy(m.remat)
+    precision.compute_dtype(m.precision)
     transformer.check_choice("model.attention", m.attention, transformer.ATTENTION_IMPLEMENTATIONS)
     profiler.parse(config.profile_steps, total_steps(config))
     learning_rate(config)

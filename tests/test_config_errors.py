@@ -62,10 +62,11 @@ CASES = [
     ("optim.schedule", "linear", r"optim\.schedule='linear'"),
     ("model.remat", "sometimes", r"model\.remat='sometimes': expected one of 'none', 'full', 'save_dots'"),
     ("model.attention", "flash", r"model\.attention='flash': expected one of 'xla', 'cudnn'"),
+    ("model.precision", "fp8", r"model\.precision='fp8': expected one of 'float32', 'bfloat16'"),
     ("profile_steps", "5", r"profile_steps='5': expected two step numbers 'a,b'"),
     ("profile_steps", "a,b", r"profile_steps='a,b': expected two step numbers"),
-    ("profile_steps", "0,3", r"profile_steps='0,3': need 1 <= a <= b <= total steps \(3000\)"),
-    ("profile_steps", "10,3001", r"need 1 <= a <= b <= total steps \(3000\)"),
+    ("profile_steps", "0,3", r"profile_steps='0,3': need 1 <= a <= b <= total steps \(3600\)"),
+    ("profile_steps", "10,3601", r"need 1 <= a <= b <= total steps \(3600\)"),
 ]
 
 

@@ -133,7 +133,7 @@ def check_matches(config, path):
 
 def make_encoder(config, params, moments_dtype="float16"):
     """A jitted fn: uint8 [B, H, W, 3] -> moments [B, 2, h, w, 2c] (crop, flip); the batch split over the local
-    devices (B must be a multiple of their count). The VAE runs in float32 whatever model.dtype says."""
+    devices (B must be a multiple of their count). The VAE runs in float32 whatever model.precision says."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec

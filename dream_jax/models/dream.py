@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from dream_jax.models import precision
+
 from dream_jax.models.diffloss import SimpleMLPAdaLN
 from dream_jax.models.mae import Decoder, Encoder, keep_mask
 from dream_jax.models.projection import ImageProjection
@@ -34,7 +36,7 @@ class DREAM(nn.Module):
 
     def setup(self):
         c = self.config
-        dtype = jnp.dtype(c.dtype)
+        dtype = precision.compute_dtype(c.precision)
         common = dict(width=c.width, num_heads=c.num_heads, mlp_dim=c.mlp_dim, attn_dropout=c.attn_dropout,
                       proj_dropout=c.proj_dropout, dtype=dtype, remat=c.remat,
                       scan=c.scan_layers, attention=c.attention)
