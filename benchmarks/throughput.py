@@ -18,6 +18,10 @@ With --sample_batch=N (0 = skip) it also times generation of N prompts (generate
 settings: plain decoding and SAD with the config's K and T_c, random weights and prompts, one jit each, warm),
 in images/s and SAD's time over plain's. Tokens only: the VAE decode of the finished tokens is not included.
 
+With --official_repo=PATH (a local checkout of the authors' code, github.com/chaoli-charlie/dream) it first times
+the authors' PyTorch train step on the same device, batch and masking with bf16 autocast (official_step.py) and
+prints dream_jax's examples/s over theirs. B/L/H/G configs only (the authors' scales).
+
 Dimension letters: B batch, N matmul size.
 """
 
@@ -39,6 +43,8 @@ from dream_jax import compile as compile_lib  # noqa: E402
 from dream_jax import flops, generate, sharding, train  # noqa: E402
 from dream_jax import state as state_lib  # noqa: E402
 from dream_jax.models import precision  # noqa: E402
+
+import official_step  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device (a chip; v4 / v5p megacore), by a substring of jax's device_kind.
 PEAK_FLOPS = {
@@ -94,6 +100,14 @@ def make_config(args):
         config.batch_size = args.batch_size
     config.masking.kind, config.masking.fixed_ratio = "fixed", args.mask_ratio
     return config
+
+
+def official_t5(config):
+    """The frozen T5's shape for the authors' step (compile._t5_shape), None when the config has the tiny one."""
+    if config.text.cond_encoder != "t5":
+        return None
+    with tempfile.TemporaryDirectory() as directory:
+        return compile_lib._t5_shape(compile_lib._stand_in_dirs(config, directory)[0])
 
 
 def measure(config, steps, warmup):
@@ -156,8 +170,16 @@ def main():
     parser.add_argument("--mask_ratio", type=float, default=0.75)
     parser.add_argument("--sample_batch", type=int, default=0, help="also time generation of N prompts (0: skip)")
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.width=256")
+    parser.add_argument("--official_repo", default="", help="a checkout of the authors' code to time beside ours")
     args = parser.parse_args()
     config = make_config(args)
+    official = None
+    if args.official_repo:  # first, so that torch releases the accelerator's memory before JAX allocates it
+        try:
+            official = official_step.measure(args.official_repo, config, config.batch_size, args.mask_ratio,
+                                             args.steps, args.warmup, official_t5(config))
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}")
     seconds, warm, t5 = measure(config, args.steps, args.warmup)
 
     devices = jax.devices()
@@ -179,6 +201,10 @@ def main():
     print(f"  model FLOP/s   {achieved / 1e12:.3f} TFLOP/s ({per_example / 1e9:.2f} GFLOP an example, flops.py)")
     print(f"  peak           {peak_flops / 1e12:.3f} TFLOP/s per device ({peak_name})")
     print(f"  MFU            {achieved / (len(devices) * peak_flops):.3f}")
+    if official:
+        theirs, name = official
+        print(f"authors' PyTorch step on {name} (bf16 autocast, batch {config.batch_size}): {theirs * 1e3:.1f} ms, "
+              f"{config.batch_size / theirs:.1f} examples/s; dream_jax / authors = {theirs / seconds:.2f}x")
     if args.sample_batch:
         s = config.sampling
         times = measure_sampling(config, args.sample_batch)

@@ -28,7 +28,7 @@
 # checkpoint in PyTorch. Pick **Runtime > Change runtime type > TPU** (v5e-1 or v2-8); a GPU or a CPU runtime
 # works too, only slower.
 #
-# **How long.** With the defaults below (the embedded default's 3000 steps at batch 32), about 7 minutes of
+# **How long.** With the defaults below (the embedded default's 3600 steps at batch 32), about 9 minutes of
 # training on an idle 2-core CPU, measured (`python benchmarks/train_tiny.py`, docs/BENCHMARKS.md); on a TPU
 # runtime the chip mostly waits for the host. The TPU part is an *estimate, not a measurement* (no TPU was
 # available when it was written): the ahead-of-time compile of an earlier, 64-token version of this
@@ -46,7 +46,7 @@
 # Everything that sets the size of the run is in this one cell (the CI test replaces it with a tiny run).
 
 # %% tags=["parameters"]
-TRAIN_STEPS = 3000  # optimiser steps; the paper's 48-epoch masking warmup is compressed into them
+TRAIN_STEPS = 3600  # optimiser steps; the paper's 48-epoch masking warmup is compressed into them
 BATCH_SIZE = 32  # global batch: a multiple of the 4 mask groups and of the number of devices
 LOG_EVERY = 50  # steps between logged points (the live plot's resolution)
 SAMPLING_ITERS = 8  # MAR decoding steps per image (16 tokens)
