@@ -102,12 +102,11 @@ def test_encoder_on_decoded_tokens_equals_all_positions(setup, monkeypatch):
     all L positions does; a capacity too small for the decoded tokens (the control) does not."""
     opts = dataclasses.replace(OPTS, num_iter=16, num_candidates=2, sad_step=5)
     full, full_scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=1))
-    for buckets in (4, 64):
-        out, scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=buckets))
-        # Whitened PCA tokens reach |x| ~ 6, and the x0 constraint's pixel clip turns float rounding near its
-        # bounds into ~1e-4 differences.
-        np.testing.assert_allclose(np.asarray(out), np.asarray(full), atol=1e-3)
-        np.testing.assert_allclose(np.asarray(scores), np.asarray(full_scores), atol=1e-6)
+    out, scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=4))
+    # Whitened PCA tokens reach |x| ~ 6, and the x0 constraint's pixel clip turns float rounding near its bounds
+    # into ~1e-4 differences.
+    np.testing.assert_allclose(np.asarray(out), np.asarray(full), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(full_scores), atol=1e-6)
     # Control: 4 slots before every step and for SAD's scoring (at T_c=5, 8 tokens are decoded).
     capacities = generate.encoder_capacities
     monkeypatch.setattr(generate, "encoder_capacities", lambda *a: np.full_like(capacities(*a), 4))

@@ -88,9 +88,15 @@ def test_scanned_parameters_are_the_unrolled_blocks_stacked(unrolled):
         jax.tree.map(np.shape, to_pytorch.abstract_variables(_config(True))))
 
 
+@pytest.fixture(scope="module")
+def reference(unrolled):
+    """Outputs and gradients of the unrolled blocks without remat, computed once for every comparison."""
+    return _outputs_and_grads(_config(False), unrolled)
+
+
 @pytest.mark.parametrize("scan, remat", [(True, "none"), (True, "full"), (True, "save_dots"), (False, "full")])
-def test_scanned_forward_and_gradients_equal_unrolled(unrolled, scan, remat):
-    reference, reference_grads = _outputs_and_grads(_config(False), unrolled)
+def test_scanned_forward_and_gradients_equal_unrolled(unrolled, reference, scan, remat):
+    reference, reference_grads = reference
     outputs, grads = _outputs_and_grads(_config(scan, remat), _to_scanned(unrolled) if scan else unrolled)
     for name, a, b in zip(("img", "txt", "z"), outputs, reference):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
