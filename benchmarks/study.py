@@ -83,7 +83,7 @@ def device():
 def columns(record):
     """{column: value} of one run's record; columns an arm cannot measure are left out."""
     arm, final, early = record["arm"], record["final"], record["eval"]
-    out = {"minutes": record["minutes"], "linear probe": early["linear_probe/top1"],
+    out = {"train minutes": record["minutes"], "linear probe": early["linear_probe/top1"],
            "few-shot 5x5": early["few_shot/accuracy"]}
     if arm in CONTRASTS:
         out["zero-shot"] = final["zero_shot/top1"]
@@ -118,8 +118,9 @@ def report(records):
     gen = [f"{a} {m}" for a in ("shape_color", "position", "size") for m in ("plain", "SAD@31%", "SAD@12.5%")]
     return "\n\n".join([
         "Representation (" + chance + "):",
-        table(records, ["minutes", "zero-shot", "linear probe", "few-shot 5x5"]),
-        "Generation, oracle alignment of 256 held-out prompts (chance: shape_color 0.036, position 0.2, size 0.5):",
+        table(records, ["train minutes", "zero-shot", "linear probe", "few-shot 5x5"]),
+        "Generation, oracle alignment of the held-out prompts (evals.alignment.num_prompts, 256 by default; chance: "
+        "shape_color 0.036, position 0.2, size 0.5):",
         table(records, gen),
     ])
 
