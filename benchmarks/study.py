@@ -19,7 +19,9 @@ Arms (ARMS):
 Per run: training minutes; zero-shot top-1 (28 shape x colour classes); linear probe and 5-way 5-shot few-shot on
 the encoder's features; per-attribute oracle alignment of 256 held-out prompts with plain decoding and SAD
 (K=5) at T_c = 4 of 8 steps (31% of the tokens decoded; from the end-of-training report) and T_c = 2 (12.5%; the
-eval pass).
+eval pass), and per attribute the KL divergence of the prompts' histogram to the plain samples' (oracle).
+Not yet measured here (issue 19): best-of-K reranking, a Frechet distance in a fixed classifier's features, the
+SAD sweep over K and T_c, plots.
 
 Dimension letters: none (tables of scalars).
 """
@@ -90,6 +92,8 @@ def columns(record):
     if arm in GENERATES:
         for a in train_tiny.ATTRIBUTES:
             out[f"{a} plain"] = final[f"alignment/plain/oracle_{a}"]
+            if f"alignment/plain/kl_{a}" in final:  # absent from records written before the KL metric
+                out[f"{a} KL"] = final[f"alignment/plain/kl_{a}"]
             if arm in CONTRASTS:
                 out[f"{a} SAD@31%"] = final[f"alignment/sad/oracle_{a}"]
                 out[f"{a} SAD@12.5%"] = early[f"alignment/sad/oracle_{a}"]
@@ -122,6 +126,8 @@ def report(records):
         "Generation, oracle alignment of the held-out prompts (evals.alignment.num_prompts, 256 by default; chance: "
         "shape_color 0.036, position 0.2, size 0.5):",
         table(records, gen),
+        "Distribution of plain samples: KL(prompted || read back) per attribute, nats (0 = the prompts' histogram):",
+        table(records, [f"{a} KL" for a in ("shape", "color", "position", "size")]),
     ])
 
 

@@ -63,7 +63,7 @@ EXPECTED = {
     "few_shot": ["accuracy", "ci95", "episodes", "chance"],
     "alignment": [f"{mode}/{m}" for mode in ("sad", "plain") for m in
                   ["own_score", "oracle_shape", "oracle_color", "oracle_position", "oracle_size",
-                   "oracle_shape_color", "oracle_all"]],
+                   "oracle_shape_color", "oracle_all", "kl_shape", "kl_color", "kl_position", "kl_size"]],
 }
 
 

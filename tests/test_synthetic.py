@@ -243,3 +243,18 @@ def test_alignment_on_a_hand_made_case():
         oracle.alignment(images, {"colour": targets["color"]})
     with pytest.raises(ValueError, match="shape"):
         oracle.alignment(images, {"shape": [0, 1]})
+
+
+def test_attribute_kl_compares_histograms_not_pairs():
+    """KL(prompted || read back) with 0.5 prior counts per bin; bins are the values plus 'no shape' (-1)."""
+    target = {"shape": np.array([0, 0, 0, 0])}
+    assert oracle.attribute_kl({"shape": np.array([0, 0, 0, 0])}, target)["shape"] == pytest.approx(0.0)
+    # Every sample wrong but the same histogram: no match, no divergence.
+    swapped = {"shape": np.array([1, 0, 3, 2])}
+    assert oracle.match_rates(swapped, {"shape": np.array([0, 1, 2, 3])}) == {"shape": 0.0}
+    assert oracle.attribute_kl(swapped, {"shape": np.array([0, 1, 2, 3])})["shape"] == pytest.approx(0.0)
+    # All read as squares (or as no shape): on bins (none, circle, square, triangle, cross) p = (.5, 4.5, .5, .5, .5)
+    # / 6.5 and q has its 4.5 on another bin, so KL = (4.5 - 0.5) / 6.5 * log 9.
+    expected = 4 / 6.5 * np.log(9)
+    assert oracle.attribute_kl({"shape": np.array([1, 1, 1, 1])}, target)["shape"] == pytest.approx(expected)
+    assert oracle.attribute_kl({"shape": np.array([-1, -1, -1, -1])}, target)["shape"] == pytest.approx(expected)

@@ -185,7 +185,11 @@ def alignment(
         raise ValueError(f"unknown target attributes {sorted(unknown)}; expected {synthetic.ATTRIBUTES}")
     if not targets:
         raise ValueError(f"targets is empty; expected some of {synthetic.ATTRIBUTES}")
-    read = read_attributes(images, value_range)
+    return match_rates(read_attributes(images, value_range), targets)
+
+
+def match_rates(read: dict, targets: dict) -> dict[str, float]:
+    """oracle.alignment on attributes already read (read_attributes' output)."""
     n = len(read["shape"])
     if n == 0:
         raise ValueError("images is empty; alignment needs at least one image")
@@ -201,3 +205,23 @@ def alignment(
     if len(hits) == len(synthetic.ATTRIBUTES):
         rates["all"] = float(np.logical_and.reduce(list(hits.values())).mean())
     return rates
+
+
+_VALUES = {"shape": synthetic.SHAPES, "color": synthetic.COLORS, "position": synthetic.POSITIONS,
+           "size": synthetic.SIZES}
+
+
+def attribute_kl(read: dict, targets: dict, prior: float = 0.5) -> dict[str, float]:
+    """KL(prompted || read back) in nats per attribute: how far the samples' distribution of each attribute is
+    from the prompts', whether or not each sample matches its own prompt.
+
+    Bins are the attribute's values plus one for "no shape found" (-1). `prior` counts (Jeffreys) are added to every
+    bin of both histograms, so that a value the samples never show costs a finite amount.
+    """
+    out = {}
+    for name, target in targets.items():
+        bins = len(_VALUES[name])
+        counts = [np.bincount(np.asarray(v).reshape(-1) + 1, minlength=bins + 1) + prior for v in (target, read[name])]
+        p, q = (c / c.sum() for c in counts)
+        out[name] = float(np.sum(p * np.log(p / q)))
+    return out

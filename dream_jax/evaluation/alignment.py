@@ -81,13 +81,16 @@ def options(config, mode):
 
 def evaluate(config, variables, frozen, tokenizers, mesh, prompts, samples_per_prompt, mode, targets=None, seed=0,
              log=print):
-    """{'own_score', and with `targets` the oracle's match rates} of samples generated in `mode`."""
+    """{'own_score', and with `targets` the oracle's match rates and the KL of each attribute's prompted histogram
+    to its read-back one ('kl_<attribute>', nats)} of samples generated in `mode`."""
     images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, samples_per_prompt, seed,
                                         options(config, mode), mesh, log=log)
     flat = images.reshape((-1,) + images.shape[2:])
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     metrics = {"own_score": float(np.mean(own_scores(config, variables, frozen, tokenizers, flat, repeated, mesh)))}
     if targets is not None:
-        rates = oracle.alignment(flat, {k: np.repeat(v, samples_per_prompt) for k, v in targets.items()})
-        metrics.update({f"oracle_{k}": v for k, v in rates.items()})
+        repeated_targets = {k: np.repeat(v, samples_per_prompt) for k, v in targets.items()}
+        read = oracle.read_attributes(flat)
+        metrics.update({f"oracle_{k}": v for k, v in oracle.match_rates(read, repeated_targets).items()})
+        metrics.update({f"kl_{k}": v for k, v in oracle.attribute_kl(read, repeated_targets).items()})
     return metrics, images
