@@ -53,7 +53,7 @@ def _record(arm, seed, value):
         final[f"alignment/plain/oracle_{a}"] = final[f"alignment/sad/oracle_{a}"] = value
         if a != "shape_color":
             final[f"alignment/plain/kl_{a}"] = value
-        early[f"alignment/sad/oracle_{a}"] = value
+        early[f"alignment/sad/oracle_{a}"] = early[f"alignment/rerank/oracle_{a}"] = value
     return {"arm": arm, "seed": seed, "minutes": 1.0, "final": final, "eval": early}
 
 
@@ -65,6 +65,8 @@ def test_report_is_mean_and_std_over_seeds_without_what_an_arm_cannot_measure():
     fluid = [line.split(" | ") for line in text.splitlines() if line.startswith("| fluid |")]
     assert fluid[0][3] == ""  # no zero-shot without a text tower
     assert sum(cell.startswith("0.900") for cell in fluid[1]) == 3  # plain only: shape_color, position, size
+    dream = [line for line in text.splitlines() if line.startswith("| dream |")]
+    assert dream[1].count("0.600 +- 0.100") == 12  # plain, SAD at two T_c and best-of-5, for three attributes
     # No generator: clip_only has a representation row and no generation or distribution row.
     assert len([line for line in text.splitlines() if line.startswith("| clip_only |")]) == 1
     assert len(fluid) == 3 and fluid[2][2:6] == ["0.900 +- 0.000"] * 3 + ["0.900 +- 0.000 |"]

@@ -26,7 +26,8 @@ from dream_jax.evaluation import features as features_lib
 from dream_jax.evaluation import zero_shot
 from dream_jax.models.dream import DREAM
 
-MODES = ("sad", "plain")
+# "rerank": best-of-K reranking of finished plain samples by the same score SAD uses (K = sampling.num_candidates).
+MODES = ("sad", "plain", "rerank")
 
 
 def shapes_prompts(num_prompts, seed=0):
@@ -66,12 +67,14 @@ def own_scores(config, variables, frozen, tokenizers, images, prompts, mesh, bat
 
 
 def options(config, mode):
-    """Sampling options of a mode: 'sad' (the config's candidates and T_c) or 'plain' (one candidate)."""
+    """Sampling options of a mode: 'sad' (the config's candidates and T_c), 'plain' or 'rerank' (one candidate;
+    rerank draws sampling.num_candidates of them per sample)."""
+    if mode in ("sad", "rerank") and config.sampling.num_candidates < 2:
+        raise ValueError(f"alignment mode {mode!r} needs sampling.num_candidates >= 2, got "
+                         f"{config.sampling.num_candidates}")
     if mode == "sad":
         opts = generate.options_from_config(config)
-        if opts.num_candidates < 2:
-            raise ValueError(f"alignment mode 'sad' needs sampling.num_candidates >= 2, got {opts.num_candidates}")
-    elif mode == "plain":
+    elif mode in ("plain", "rerank"):
         opts = generate.options_from_config(config, num_candidates=1, sad_step=0)
     else:
         raise ValueError(f"alignment mode {mode!r}; expected one of {MODES}")
@@ -83,8 +86,11 @@ def evaluate(config, variables, frozen, tokenizers, mesh, prompts, samples_per_p
              log=print):
     """{'own_score', and with `targets` the oracle's match rates and the KL of each attribute's prompted histogram
     to its read-back one ('kl_<attribute>', nats)} of samples generated in `mode`."""
-    images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, samples_per_prompt, seed,
-                                        options(config, mode), mesh, log=log)
+    if mode == "rerank":
+        images = best_of_k(config, variables, frozen, tokenizers, mesh, prompts, samples_per_prompt, seed, log)
+    else:
+        images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, samples_per_prompt, seed,
+                                            options(config, mode), mesh, log=log)
     flat = images.reshape((-1,) + images.shape[2:])
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     metrics = {"own_score": float(np.mean(own_scores(config, variables, frozen, tokenizers, flat, repeated, mesh)))}
@@ -94,3 +100,18 @@ def evaluate(config, variables, frozen, tokenizers, mesh, prompts, samples_per_p
         metrics.update({f"oracle_{k}": v for k, v in oracle.match_rates(read, repeated_targets).items()})
         metrics.update({f"kl_{k}": v for k, v in oracle.attribute_kl(read, repeated_targets).items()})
     return metrics, images
+
+
+def best_of_k(config, variables, frozen, tokenizers, mesh, prompts, samples_per_prompt, seed=0, log=print):
+    """uint8 [P, S, H, W, 3]: each of the S samples of a prompt is the best of K = sampling.num_candidates finished
+    plain samples by the model's own score (best-of-K reranking: K full decodes where SAD runs K partial ones)."""
+    k = config.sampling.num_candidates
+    images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, samples_per_prompt * k, seed,
+                                        options(config, "rerank"), mesh, log=log)
+    flat = images.reshape((-1,) + images.shape[2:])
+    repeated = [p for p in prompts for _ in range(samples_per_prompt * k)]
+    scores = own_scores(config, variables, frozen, tokenizers, flat, repeated, mesh).reshape(len(prompts),
+                                                                                             samples_per_prompt, k)
+    grouped = images.reshape((len(prompts), samples_per_prompt, k) + images.shape[2:])
+    best = scores.argmax(axis=-1)[:, :, None, None, None, None]
+    return np.take_along_axis(grouped, best, axis=2)[:, :, 0]
