@@ -175,11 +175,12 @@ def fit_pca(config):
 
 
 def cond_encoder(config):
+    dtype = precision.compute_dtype(config.model.precision)
     if config.text.cond_encoder == "tiny_t5":
-        return t5_lib.T5EncoderModel(tiny_t5_config(config), dtype=precision.compute_dtype(config.model.precision))
+        return t5_lib.T5EncoderModel(tiny_t5_config(config), dtype=dtype)
     from dream_jax import pretrained
 
-    return t5_lib.T5EncoderModel(pretrained.t5_config(config.text.t5_path), dtype=precision.compute_dtype(config.model.precision))
+    return t5_lib.T5EncoderModel(pretrained.t5_config(config.text.t5_path), dtype=dtype)
 
 
 def cond_features(config, frozen, ids, mask):
