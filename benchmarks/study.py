@@ -21,8 +21,9 @@ the encoder's features; per-attribute oracle alignment of 256 held-out prompts w
 (K=5) at T_c = 4 of 8 steps (31% of the tokens decoded; from the end-of-training report) and T_c = 2 (12.5%; the
 eval pass), best-of-5 reranking of finished plain samples by the same score (alignment mode 'rerank'), and per
 attribute the KL divergence of the prompts' histogram to the plain samples' (oracle).
-Not yet measured here (issue 19): a Frechet distance in a fixed classifier's features, the SAD sweep over K and
-T_c, plots.
+Every run also reports each mode's Fréchet distance to real held-out renders in a small fixed classifier's
+features (evals.alignment.classifier: WORKDIR/shape_classifier.msgpack, trained by the first run and reused).
+The SAD sweep over K and T_c is benchmarks/sad_sweep.py; the plots are benchmarks/study_plots.py.
 
 Dimension letters: none (tables of scalars).
 """
@@ -57,15 +58,17 @@ def _flags(assignments):
     return [f"--config.{a}" for a in assignments]
 
 
-def run(arm, seed, workdir, extra):
-    """The JSON record of one (arm, seed): training, the end-of-training report, and the eval pass."""
+def run(arm, seed, workdir, extra, classifier):
+    """The JSON record of one (arm, seed): training, the end-of-training report, and the eval pass. `classifier`:
+    the shape classifier's file of every run's Fréchet distance (trained by the first run that needs it)."""
     overrides = ARMS[arm] + extra
+    measure = [f"evals.alignment.classifier={classifier}"]
     subprocess.call(["rm", "-rf", workdir])
     os.makedirs(os.path.dirname(workdir), exist_ok=True)
-    seconds, last, final = train_tiny.run_seed(seed, workdir, _flags(overrides))
+    seconds, last, final = train_tiny.run_seed(seed, workdir, _flags(overrides + measure))
     args = [sys.executable, "-m", "dream_jax.main", "--config=configs/dream_tiny.py", f"--workdir={workdir}",
             "--mode=eval", f"--config.seed={seed}", f"--config.data.shuffle_seed={seed}"] + _flags(
-        overrides + ["evals.zero_shot.enabled=False", f"sampling.sad_step={SAD_EARLY}",
+        overrides + measure + ["evals.zero_shot.enabled=False", f"sampling.sad_step={SAD_EARLY}",
                      "evals.alignment.modes=('sad','rerank')"])
     with open(f"{workdir}.eval.log", "w") as log:
         if subprocess.call(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT):
@@ -101,6 +104,11 @@ def columns(record):
                 out[f"{a} SAD@12.5%"] = early[f"alignment/sad/oracle_{a}"]
                 if f"alignment/rerank/oracle_{a}" in early:  # absent from records written before reranking
                     out[f"{a} best-of-5"] = early[f"alignment/rerank/oracle_{a}"]
+        for mode, metrics, name in (("plain", final, "plain"), ("sad", final, "SAD@31%"), ("sad", early, "SAD@12.5%"),
+                                    ("rerank", early, "best-of-5")):
+            key = f"alignment/{mode}/frechet"  # absent from records written before the Fréchet distance
+            if key in metrics and (mode == "plain" or arm in CONTRASTS):
+                out[f"Frechet {name}"] = metrics[key]
     return out
 
 
@@ -114,7 +122,8 @@ def table(records, names):
         cells = []
         for name in names:
             values = [c[name] for c in by_arm[arm] if name in c]
-            cells.append(f"{np.mean(values):.3f} +- {np.std(values):.3f}" if values else "")
+            seeds = "" if len(values) in (0, len(by_arm[arm])) else f" (n={len(values)})"
+            cells.append(f"{np.mean(values):.3f} +- {np.std(values):.3f}{seeds}" if values else "")
         if any(cells):  # an arm that measures none of the columns has no row
             lines.append(f"| {arm} | {len(by_arm[arm])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -133,6 +142,9 @@ def report(records):
         table(records, gen),
         "Distribution of plain samples: KL(prompted || read back) per attribute, nats (0 = the prompts' histogram):",
         table(records, [f"{a} KL" for a in ("shape", "color", "position", "size")]),
+        "Distribution of samples: Fréchet distance to real held-out renders in the shape classifier's features "
+        "(dream_jax/evaluation/shape_classifier.py; real vs real at 256 samples: see docs/RESULTS.md):",
+        table(records, ["Frechet plain", "Frechet SAD@31%", "Frechet SAD@12.5%", "Frechet best-of-5"]),
     ])
 
 
@@ -163,7 +175,9 @@ def main():
                 if os.path.exists(path):
                     print(f"{arm} seed {seed}: done ({path})", flush=True)
                     continue
-                record = run(arm, seed, os.path.join(os.path.abspath(args.workdir), arm, f"seed{seed}"), args.set)
+                root = os.path.abspath(args.workdir)
+                record = run(arm, seed, os.path.join(root, arm, f"seed{seed}"), args.set,
+                             os.path.join(root, "shape_classifier.msgpack"))
                 with open(f"{path}.tmp", "w") as f:
                     json.dump(record, f, indent=1, sort_keys=True)
                 os.replace(f"{path}.tmp", path)

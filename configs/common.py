@@ -60,7 +60,10 @@ CLIP_TEMPLATES = ("a photo of a {}.", "itap of a {}.", "a bad photo of the {}.",
 # one kind's settings (`kind` defaults to the name), so one kind can run twice, e.g. on two datasets.
 # dataset: 'shapes' (the embedded synthetic set; task = its label) or a tfds name read as ArrayRecord from data_dir
 # ('' = tfds' default). num_* = 0: the whole split. A FID/alignment `prompts` and FID `reference` are 'shapes' or a
-# path (a text file with one prompt per line; a folder of real images).
+# path (a text file with one prompt per line; a folder of real images). An alignment `classifier` (a file path;
+# '' = off; 'shapes' prompts only) adds each mode's Fréchet distance to num_reference real held-out renders in a
+# small classifier's features, the classifier trained and cached there when the file is missing
+# (dream_jax/evaluation/shape_classifier.py).
 _SOURCE = dict(dataset="shapes", data_dir="", image_key="image", label_key="label", class_names_file="",
                task="shape_color", seed=0, batch_size=256)
 EVAL_DEFAULTS = {
@@ -74,7 +77,7 @@ EVAL_DEFAULTS = {
                 num_samples=50_000, num_reference=50_000, sad=True, batch_size=64, chunk=1024,
                 inception_score=True, seed=0),
     "alignment": dict(enabled=True, prompts="", num_prompts=64, samples_per_prompt=1, modes=("sad", "plain"),
-                      seed=0),
+                      classifier="", num_reference=2048, seed=0),
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from configs import common
 from dream_jax import frontend, sample, sharding, summary
 from dream_jax.data import eval_sources
-from dream_jax.evaluation import alignment, few_shot, fid, linear_probe, zero_shot
+from dream_jax.evaluation import alignment, few_shot, fid, linear_probe, shape_classifier, zero_shot
 from dream_jax.evaluation import features as features_lib
 
 
@@ -102,6 +102,9 @@ def validate(config):
                 alignment.options(config, mode)
             if s.prompts != "shapes":
                 _check_file(s.prompts, f"{what}.prompts", "'shapes' or a text file with one prompt per line")
+                if s.classifier:
+                    raise ValueError(f"{what}.classifier is set but {what}.prompts={s.prompts!r}; the shape "
+                                     "classifier's Fréchet distance measures the 'shapes' prompts only")
 
 
 # ------------------------------------------------------------------------------------------------ evaluators
@@ -218,10 +221,17 @@ def _fid(ctx, name, s):
 
 def _alignment(ctx, name, s):
     prompts, targets = _prompts(s, s.num_prompts, f"config.evals.{name}.prompts")
+    if s.classifier:  # validate() allows it only with the 'shapes' prompts
+        size = ctx.config.tokenizer.image_size
+        classifier = shape_classifier.load_or_train(s.classifier, size, log=ctx.log)
+        reference = shape_classifier.reference_images(s.num_reference, size, s.seed)
     out = {}
     for mode in s.modes:
-        metrics, _ = alignment.evaluate(ctx.config, ctx.variables, ctx.frozen, ctx.tokenizers, ctx.mesh, prompts,
-                                        s.samples_per_prompt, mode, targets, s.seed, log=ctx.log)
+        metrics, images = alignment.evaluate(ctx.config, ctx.variables, ctx.frozen, ctx.tokenizers, ctx.mesh,
+                                             prompts, s.samples_per_prompt, mode, targets, s.seed, log=ctx.log)
+        if s.classifier:
+            metrics["frechet"] = shape_classifier.frechet(classifier, images.reshape((-1,) + images.shape[2:]),
+                                                          reference)
         out.update({f"{mode}/{k}": v for k, v in metrics.items()})
     return out
 
