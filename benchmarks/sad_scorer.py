@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dream_tiny  # noqa: E402
-from dream_jax import frontend, sample, sharding  # noqa: E402
+from dream_jax import sample  # noqa: E402
 from dream_jax.data import oracle, synthetic  # noqa: E402
 from dream_jax.evaluation import alignment  # noqa: E402
 
@@ -70,10 +70,7 @@ def generated_margins(config, variables, frozen, tokenizers, mesh, score, num, k
 
 def measure(workdir, num, k):
     config = dream_tiny.get_config()
-    mesh = sharding.make_mesh(config)
-    tokenizers = frontend.make_tokenizers(config)
-    variables, step = sample.restore_variables(config, workdir, mesh)
-    frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+    mesh, tokenizers, variables, step, frozen = sample.restore_for_inference(config, workdir)
 
     def score(images, prompts):
         return alignment.own_scores(config, variables, frozen, tokenizers, images, prompts, mesh)

@@ -51,6 +51,16 @@ def restore_variables(config, workdir, mesh):
     return {"params": params, "batch_stats": batch_stats}, step
 
 
+def restore_for_inference(config, workdir):
+    """(mesh, tokenizers, variables, step, frozen) of a workdir's newest checkpoint, as the inference jobs
+    (evaluation, benchmarks) use them: EMA params if config.sampling.use_ema, the frozen components replicated."""
+    mesh = sharding.make_mesh(config)
+    tokenizers = frontend.make_tokenizers(config)
+    variables, step = restore_variables(config, workdir, mesh)
+    frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+    return mesh, tokenizers, variables, step, frozen
+
+
 def sample_images(config, variables, frozen, tokenizers, prompts, num_samples, seed, opts, mesh, log=print):
     """uint8 images [P, num_samples, H, W, 3], SAD scores [P, num_samples, K] and choices [P, num_samples]."""
     clip_ids, cond_ids, cond_mask = encode_prompts(tokenizers, prompts)

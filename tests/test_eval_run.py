@@ -14,7 +14,7 @@ import pytest
 import train_helpers as th
 from configs import common
 from dream_jax import checkpoint, frontend, main, sharding, state
-from dream_jax.evaluation import run
+from dream_jax.evaluation import run, shape_classifier
 
 
 STEPS = 20
@@ -28,7 +28,7 @@ def _small_evals():
                                           steps=50, batch_size=64, train_batch_size=128, pooling="all"),
         few_shot=common.eval_settings("few_shot", split="heldout", num_images=256, batch_size=64, pooling="all",
                                       shots=2, queries=3, episodes=40),
-        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=4),
+        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=4, num_reference=16),
     ))
 
 
@@ -50,6 +50,10 @@ def trained(tmp_path_factory):
     """
     workdir = str(tmp_path_factory.mktemp("eval_run") / "run")
     config = _config()
+    # A cheap classifier for the alignment evaluator's Fréchet distance (test_shape_classifier.py checks one
+    # trained further).
+    config.evals.alignment.classifier = os.path.join(os.path.dirname(workdir), "shape_classifier.msgpack")
+    shape_classifier.load_or_train(config.evals.alignment.classifier, steps=2, width=4)
     st = state.create_state(config, sharding.make_mesh(config, jax.devices()[:1]))  # restored onto 8 below
     manager = checkpoint.Manager(workdir, config)
     manager.save(STEPS, st.replace(step=st.step + STEPS))
@@ -63,7 +67,7 @@ EXPECTED = {
     "few_shot": ["accuracy", "ci95", "episodes", "chance"],
     "alignment": [f"{mode}/{m}" for mode in ("sad", "plain") for m in
                   ["own_score", "oracle_shape", "oracle_color", "oracle_position", "oracle_size",
-                   "oracle_shape_color", "oracle_all", "kl_shape", "kl_color", "kl_position", "kl_size"]],
+                   "oracle_shape_color", "oracle_all", "kl_shape", "kl_color", "kl_position", "kl_size", "frechet"]],
 }
 
 

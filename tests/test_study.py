@@ -46,7 +46,7 @@ def test_arms_differ_from_dream_as_named():
     assert _config("clip_only").loss.gen_weight == 0.0 and _config("fluid").loss.clip_weight == 0.0
 
 
-def _record(arm, seed, value):
+def _record(arm, seed, value, frechet=None):
     final = {"zero_shot/top1": value}
     early = {"linear_probe/top1": value, "few_shot/accuracy": value}
     for a in train_tiny.ATTRIBUTES:
@@ -54,6 +54,9 @@ def _record(arm, seed, value):
         if a != "shape_color":
             final[f"alignment/plain/kl_{a}"] = value
         early[f"alignment/sad/oracle_{a}"] = early[f"alignment/rerank/oracle_{a}"] = value
+    if frechet is not None:  # records written before the Fréchet distance have none
+        final["alignment/plain/frechet"] = final["alignment/sad/frechet"] = frechet
+        early["alignment/sad/frechet"] = early["alignment/rerank/frechet"] = frechet
     return {"arm": arm, "seed": seed, "minutes": 1.0, "final": final, "eval": early}
 
 
@@ -70,6 +73,16 @@ def test_report_is_mean_and_std_over_seeds_without_what_an_arm_cannot_measure():
     # No generator: clip_only has a representation row and no generation or distribution row.
     assert len([line for line in text.splitlines() if line.startswith("| clip_only |")]) == 1
     assert len(fluid) == 3 and fluid[2][2:6] == ["0.900 +- 0.000"] * 3 + ["0.900 +- 0.000 |"]
+
+
+def test_frechet_columns_count_the_seeds_that_measured_them():
+    records = [_record("dream", 0, 0.5, frechet=2.0), _record("dream", 1, 0.7), _record("fluid", 0, 0.9, 4.0)]
+    lines = study.report(records).splitlines()
+    frechet = lines[lines.index(next(line for line in lines if line.startswith("| arm | seeds | Frechet"))):]
+    dream = next(line for line in frechet if line.startswith("| dream |")).split(" | ")
+    assert dream[2:6] == ["2.000 +- 0.000 (n=1)"] * 3 + ["2.000 +- 0.000 (n=1) |"]
+    fluid = next(line for line in frechet if line.startswith("| fluid |")).split(" | ")
+    assert fluid[2] == "4.000 +- 0.000" and fluid[3:] == ["", "", " |"]  # no SAD scorer: plain only
 
 def test_finished_runs_are_skipped_and_unknown_arms_are_one_line_errors(tmp_path):
     for seed in (0, 1):

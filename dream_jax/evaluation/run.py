@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
-from dream_jax import frontend, sample, sharding, summary
+from dream_jax import sample, sharding, summary
 from dream_jax.data import eval_sources
 from dream_jax.evaluation import alignment, few_shot, fid, linear_probe, shape_classifier, zero_shot
 from dream_jax.evaluation import features as features_lib
@@ -296,12 +296,9 @@ def evaluate_workdir(config, workdir, use_ema=None):
     off), every enabled evaluator of config.evals; returns {'<name>/<metric>': value}."""
     validate(config)
     use_ema = config.sampling.use_ema if use_ema is None else use_ema
-    mesh = sharding.make_mesh(config)
-    tokenizers = frontend.make_tokenizers(config)
     restore_config = ml_collections.ConfigDict(config.to_dict())
     restore_config.sampling.use_ema = use_ema
-    variables, step = sample.restore_variables(restore_config, workdir, mesh)
-    frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+    mesh, tokenizers, variables, step, frozen = sample.restore_for_inference(restore_config, workdir)
     return evaluate_variables(config, workdir, variables, step, mesh, frozen, tokenizers, use_ema)
 
 

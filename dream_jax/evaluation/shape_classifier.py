@@ -4,8 +4,8 @@ FID measures generated vs real images in an ImageNet Inception's pool3 features,
 drawings of four shapes. Here the feature network is a small convnet trained (seeded, deterministic on one host)
 to read the renderer's four attributes back from rendered images; its penultimate layer (F = 64) plays pool3's
 role, and the distance is fid.frechet_distance of the two sets' Gaussian statistics. The trained classifier is
-cached in a file (flax msgpack), so every run of a study measures in the same feature space; a cache written by
-other settings (image size, width, steps, seed) is an error, not silently reused.
+cached in a file (flax msgpack) with the settings that trained it, so every run of a study measures in the same
+feature space; a cache trained for another image size is an error, not silently reused.
 
 Dimension letters: N images, H W image height and width, F features, A attribute classes.
 """
@@ -78,29 +78,29 @@ def train(image_size=32, seed=0, steps=300, num_images=8192, batch_size=128, wid
     return params
 
 
-def _settings(image_size, seed, steps, width):
-    return {"image_size": image_size, "seed": seed, "steps": steps, "width": width}
+def _template(image_size, width):
+    return jax.eval_shape(ShapeClassifier(width).init, jax.random.key(0),
+                          jnp.zeros((1, image_size, image_size, 3), jnp.uint8))
 
 
 def load_or_train(path, image_size=32, seed=0, steps=300, width=32, log=print):
-    """Classifier variables from `path`, trained and written there when the file does not exist yet."""
-    want = _settings(image_size, seed, steps, width)
-    template = {"settings": want, "params": jax.eval_shape(
-        ShapeClassifier(width).init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8))}
+    """Classifier variables from `path` (whatever settings trained it, for `image_size` images), trained with
+    these settings and written there when the file does not exist yet."""
     if os.path.exists(path):
         with open(path, "rb") as f:
             stored = serialization.msgpack_restore(f.read())
-        have = {k: int(v) for k, v in stored.get("settings", {}).items()}
-        if have != want:
-            raise ValueError(f"the shape classifier {path!r} was trained with {have}, not {want}; delete it or "
-                             "point the setting elsewhere")
-        return serialization.from_state_dict(template, stored)["params"]
+        settings = {k: int(v) for k, v in stored.get("settings", {}).items()}
+        if settings.get("image_size") != image_size or "width" not in settings:
+            raise ValueError(f"the shape classifier {path!r} was trained with {settings}, not for {image_size}x"
+                             f"{image_size} images; delete it or point the setting elsewhere")
+        return serialization.from_state_dict(_template(image_size, settings["width"]), stored["params"])
     log(f"training the shape classifier for the Fréchet distance ({steps} steps) -> {path}")
     params = train(image_size, seed, steps, width=width)
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        settings = {"image_size": image_size, "seed": seed, "steps": steps, "width": width}
         with open(f"{path}.tmp", "wb") as f:
-            f.write(serialization.msgpack_serialize({"settings": want,
+            f.write(serialization.msgpack_serialize({"settings": settings,
                                                      "params": serialization.to_state_dict(params)}))
         os.replace(f"{path}.tmp", path)
     return params
