@@ -151,7 +151,8 @@ def report(records):
 def load(results):
     if not os.path.isdir(results):
         return []
-    return [json.load(open(os.path.join(results, f))) for f in sorted(os.listdir(results)) if f.endswith(".json")]
+    names = [f for f in sorted(os.listdir(results)) if f.endswith(".json") and f.rsplit("_seed", 1)[0] in ARMS]
+    return [json.load(open(os.path.join(results, f))) for f in names]  # not the SAD sweep's JSONs
 
 
 def main():
