@@ -41,6 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import train_tiny  # noqa: E402
+from dream_jax.evaluation import shape_classifier  # noqa: E402
 
 ARMS = {
     "dream": [],
@@ -143,9 +144,17 @@ def report(records):
         "Distribution of plain samples: KL(prompted || read back) per attribute, nats (0 = the prompts' histogram):",
         table(records, [f"{a} KL" for a in ("shape", "color", "position", "size")]),
         "Distribution of samples: Fréchet distance to real held-out renders in the shape classifier's features "
-        "(dream_jax/evaluation/shape_classifier.py; real vs real at 256 samples: see docs/RESULTS.md):",
+        "(dream_jax/evaluation/shape_classifier.py; the floor, real renders of the prompts, is printed below):",
         table(records, ["Frechet plain", "Frechet SAD@31%", "Frechet SAD@12.5%", "Frechet best-of-5"]),
     ])
+
+
+def frechet_floor(classifier, num_prompts=256, num_reference=2048):
+    """The Fréchet distance of the alignment prompts' own real renders to the evaluator's reference renders (the
+    alignment evaluator's defaults: prompts and reference seed 0): what a perfect generator would score."""
+    params = shape_classifier.load_or_train(classifier)
+    real = shape_classifier.rendered("heldout", num_prompts, 32, seed=2000)[0]  # alignment.shapes_prompts' draw
+    return shape_classifier.frechet(params, real, shape_classifier.reference_images(num_reference))
 
 
 def load(results):
@@ -185,6 +194,10 @@ def main():
                 print(f"{arm} seed {seed}: {record['minutes']:.2f} min -> {path}", flush=True)
     print(f"device of this process: {device()}")
     print(report(load(args.results)))
+    classifier = os.path.join(os.path.abspath(args.workdir), "shape_classifier.msgpack")
+    if os.path.exists(classifier):
+        print(f"Fréchet distance of real renders of the held-out prompts (the metric's floor): "
+              f"{frechet_floor(classifier):.3f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def classifier():
 
 
 def test_the_classifier_reads_attributes_and_the_distance_separates_real_from_distorted(classifier):
-    images, labels = shape_classifier._rendered("heldout", 256, 32, seed=11)
+    images, labels = shape_classifier.rendered("heldout", 256, 32, seed=11)
     _, predicted = shape_classifier.outputs(classifier, images)
     for attribute in ("color", "position", "size"):  # shape is learnt later (the study's classifier: 0.96)
         assert np.mean(predicted[attribute] == labels[attribute]) > 0.85, attribute

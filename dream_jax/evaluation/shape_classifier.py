@@ -43,7 +43,7 @@ class ShapeClassifier(nn.Module):
         return feats, heads
 
 
-def _rendered(split, num, image_size, seed):
+def rendered(split, num, image_size, seed):
     """(uint8 images [N, H, W, 3], {attribute: int [N]}) of the synthetic set."""
     source = synthetic.CaptionedShapes(split, num_examples=num, seed=seed, image_size=image_size)
     items = [source[i] for i in range(num)]
@@ -60,7 +60,7 @@ def train(image_size=32, seed=0, steps=300, num_images=8192, batch_size=128, wid
     """Classifier variables trained with Adam on rendered training-split images (a fixed measuring instrument,
     not a model under test); minibatch order and init from `seed`."""
     model = ShapeClassifier(width)
-    images, labels = _rendered("train", num_images, image_size, seed + 5000)
+    images, labels = rendered("train", num_images, image_size, seed + 5000)
     params = model.init(jax.random.key(seed), images[:1])
     tx = optax.adam(lr)
 
@@ -132,4 +132,4 @@ def frechet(params, images, reference):
 
 def reference_images(num, image_size=32, seed=0):
     """uint8 [N, H, W, 3]: real held-out renders (a draw apart from the alignment prompts') to measure against."""
-    return _rendered("heldout", num, image_size, seed + 3000)[0]
+    return rendered("heldout", num, image_size, seed + 3000)[0]
