@@ -6,7 +6,7 @@ Writes into the results folder:
   arms.png       one panel per metric (zero-shot, linear probe, few-shot, plain shape & colour, plain position,
                  plain Fréchet distance): mean over seeds per arm, the seeds as dots; an arm that cannot measure a
                  metric has no bar.
-  sad_sweep.png  shape & colour alignment against cost, per image, in matmul FLOPs and in wall seconds: SAD as one
+  sad_sweep.png  shape & colour alignment against cost, per image, in matmul FLOPs and in wall milliseconds: SAD as one
                  line per K through its T_c values, best-of-K reranking as one line through K, plain decoding as
                  a dashed level (the mean over the sweep files present, one per seed).
 
@@ -66,17 +66,17 @@ def plot_sweep(sweeps, path):
     num = sweeps[0]["num_prompts"]
     ks = sorted({row["k"] for s in sweeps for row in s["rows"] if row["method"] == "sad"})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, index, label in ((axes[0], 0, "GFLOPs per image"), (axes[1], 1, "seconds per image")):
-        scale = 1e-9 if index == 0 else 1.0 / num
+    for ax, index, label in ((axes[0], 0, "GFLOPs per image"), (axes[1], 1, "milliseconds per image (this process)")):
+        scale = 1e-9 if index == 0 else 1e3 / num
         plain = sweep_points(sweeps, "plain")[0]
         ax.axhline(plain[2], color="gray", linestyle="--", label="plain")
+        ax.plot([plain[index] * scale], [plain[2]], "D", color="gray")
         for i, k in enumerate(ks):
             pts = sweep_points(sweeps, "sad", k)
             ax.plot([p[index] * scale for p in pts], [p[2] for p in pts], "o-", color=f"C{i}",
                     label=f"SAD K={k} (T_c up)")
         rerank = sweep_points(sweeps, "rerank")
         ax.plot([p[index] * scale for p in rerank], [p[2] for p in rerank], "s--k", label="best-of-K (K up)")
-        ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("shape & colour match (oracle)")
     axes[0].legend(fontsize=7)

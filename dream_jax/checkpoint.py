@@ -102,9 +102,6 @@ class Manager:
             multihost_utils.sync_global_devices("dream_jax_checkpoint_set_aside")
         self._manager.reload()
 
-    def wait(self):
-        self._manager.wait_until_finished()
-
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()

@@ -75,9 +75,3 @@ def random_masks(rng, ratios, batch_size, length):
     order = jnp.argsort(jax.random.uniform(rng, (batch_size, length)), axis=-1)
     ranks = jnp.argsort(order, axis=-1)
     return ranks < counts[:, None]
-
-
-def group_ratios(mask, num_groups):
-    """The realised masked fraction of each group: [B, L] -> [G]."""
-    per_sample = jnp.mean(mask.astype(jnp.float32), axis=-1)
-    return jnp.mean(per_sample.reshape(num_groups, -1), axis=-1)

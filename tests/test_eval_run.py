@@ -13,7 +13,7 @@ import pytest
 
 import train_helpers as th
 from configs import common
-from dream_jax import checkpoint, frontend, main, sharding, state
+from dream_jax import checkpoint, frontend, sharding, state
 from dream_jax.evaluation import run, shape_classifier
 
 
@@ -154,13 +154,11 @@ def test_periodic_evaluation_runs_every_n_steps(trained):
     assert direct == metrics
 
 
-_NO_EVAL_MODE = pytest.mark.skipif("eval" not in main.MODES, reason="dream_jax.main has no --mode=eval yet")
 _ONLY_ZERO_SHOT = ["--config.evals.zero_shot.num_images=32", "--config.evals.zero_shot.batch_size=32",
                    "--config.evals.linear_probe.enabled=False", "--config.evals.few_shot.enabled=False",
                    "--config.evals.alignment.enabled=False"]
 
 
-@_NO_EVAL_MODE
 def test_main_eval_mode_writes_the_json(trained, pytestconfig):
     _, workdir = trained
     env = th.subprocess_env(pytestconfig.cache.mkdir("jax_compilation_cache"))
@@ -173,7 +171,6 @@ def test_main_eval_mode_writes_the_json(trained, pytestconfig):
     assert "zero_shot/top1" in proc.stdout
 
 
-@_NO_EVAL_MODE
 def test_main_eval_mode_names_the_missing_weights_in_one_line(tmp_path):
     args = th.main_args(tmp_path / "run") + ["--mode=eval", "--config.evals.fid.enabled=True",
                                              "--config.evals.fid.inception_weights=/no/such.pth"]

@@ -112,13 +112,6 @@ class ProcessChunks(grain.MapDataset):
         return f"ProcessChunks(chunk={self._chunk}, index={self._index}, count={self._count})"
 
 
-def per_process_batch(config):
-    batch, count = config.batch_size, jax.process_count()
-    if batch % count:
-        raise ValueError(f"batch_size={batch} is not divisible by {count} processes")
-    return batch // count
-
-
 def make_dataset(config, tokenizers, split="train", process_index=None, process_count=None, num_epochs=None):
     """An IterDataset of per-process batches (infinite unless `num_epochs`)."""
     process_index = jax.process_index() if process_index is None else process_index
