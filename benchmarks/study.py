@@ -154,7 +154,8 @@ def frechet_floor(classifier, num_prompts=256, num_reference=2048):
     alignment evaluator's defaults: prompts and reference seed 0): what a perfect generator would score."""
     params = shape_classifier.load_or_train(classifier)
     real = shape_classifier.rendered("heldout", num_prompts, 32, seed=2000)[0]  # alignment.shapes_prompts' draw
-    return shape_classifier.frechet(params, real, shape_classifier.reference_images(num_reference))
+    reference = shape_classifier.statistics(params, shape_classifier.reference_images(num_reference))
+    return shape_classifier.frechet(params, real, reference)
 
 
 def load(results):

@@ -21,9 +21,10 @@ def test_the_classifier_reads_attributes_and_the_distance_separates_real_from_di
     _, predicted = shape_classifier.outputs(classifier, images)
     for attribute in ("color", "position", "size"):  # shape is learnt later (the study's classifier: 0.96)
         assert np.mean(predicted[attribute] == labels[attribute]) > 0.85, attribute
-    reference = shape_classifier.reference_images(512)
+    reference_images = shape_classifier.reference_images(512)
+    reference = shape_classifier.statistics(classifier, reference_images)
     real = shape_classifier.frechet(classifier, images, reference)
-    assert shape_classifier.frechet(classifier, reference, reference) == pytest.approx(0.0, abs=1e-6)
+    assert shape_classifier.frechet(classifier, reference_images, reference) == pytest.approx(0.0, abs=1e-6)
     assert shape_classifier.frechet(classifier, images[..., ::-1], reference) > 3 * real  # colours swapped
     assert shape_classifier.frechet(classifier, np.roll(images, 4, axis=2), reference) > 3 * real  # moved
 

@@ -224,7 +224,8 @@ def _alignment(ctx, name, s):
     if s.classifier:  # validate() allows it only with the 'shapes' prompts
         size = ctx.config.tokenizer.image_size
         classifier = shape_classifier.load_or_train(s.classifier, size, log=ctx.log)
-        reference = shape_classifier.reference_images(s.num_reference, size, s.seed)
+        reference = shape_classifier.statistics(classifier,
+                                                shape_classifier.reference_images(s.num_reference, size, s.seed))
     out = {}
     for mode in s.modes:
         metrics, images = alignment.evaluate(ctx.config, ctx.variables, ctx.frozen, ctx.tokenizers, ctx.mesh,

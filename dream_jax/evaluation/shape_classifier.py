@@ -123,11 +123,15 @@ def outputs(params, images, batch_size=512):
     return np.concatenate(feats), {a: np.concatenate(v) for a, v in preds.items()}
 
 
-def frechet(params, images, reference):
-    """Fréchet distance between uint8 image sets [N, H, W, 3] and [M, H, W, 3] in the classifier's features."""
-    mu1, sigma1 = fid.statistics(outputs(params, images)[0])
-    mu2, sigma2 = fid.statistics(outputs(params, reference)[0])
-    return fid.frechet_distance(mu1, sigma1, mu2, sigma2)
+def statistics(params, images):
+    """(mu [F], sigma [F, F]) of uint8 images [N, H, W, 3] in the classifier's features."""
+    return fid.statistics(outputs(params, images)[0])
+
+
+def frechet(params, images, reference_stats):
+    """Fréchet distance of uint8 images [N, H, W, 3] to a reference set's `statistics` in the classifier's
+    features (the reference's computed once for every set measured against it)."""
+    return fid.frechet_distance(*statistics(params, images), *reference_stats)
 
 
 def reference_images(num, image_size=32, seed=0):
