@@ -55,7 +55,8 @@ CONTRASTS = {"dream", "no_warmup", "fixed_low", "clip_only"}  # arms with a trai
 SAD_EARLY = 2  # T_c of the eval pass (2 of 8 cosine steps: 2 of 16 tokens decoded)
 
 
-def _flags(assignments):
+def config_flags(assignments):
+    """`--config.` flags of the training command from study-style assignments ('a.b=value')."""
     return [f"--config.{a}" for a in assignments]
 
 
@@ -66,9 +67,9 @@ def run(arm, seed, workdir, extra, classifier):
     measure = [f"evals.alignment.classifier={classifier}"]
     subprocess.call(["rm", "-rf", workdir])
     os.makedirs(os.path.dirname(workdir), exist_ok=True)
-    seconds, last, final = train_tiny.run_seed(seed, workdir, _flags(overrides + measure))
+    seconds, last, final = train_tiny.run_seed(seed, workdir, config_flags(overrides + measure))
     args = [sys.executable, "-m", "dream_jax.main", "--config=configs/dream_tiny.py", f"--workdir={workdir}",
-            "--mode=eval", f"--config.seed={seed}", f"--config.data.shuffle_seed={seed}"] + _flags(
+            "--mode=eval", f"--config.seed={seed}", f"--config.data.shuffle_seed={seed}"] + config_flags(
         overrides + measure + ["evals.zero_shot.enabled=False", f"sampling.sad_step={SAD_EARLY}",
                      "evals.alignment.modes=('sad','rerank')"])
     with open(f"{workdir}.eval.log", "w") as log:
@@ -78,10 +79,14 @@ def run(arm, seed, workdir, extra, classifier):
         early = json.load(f)["metrics"]
     return {
         "arm": arm, "seed": seed, "overrides": overrides, "steps": last["step"], "minutes": seconds / 60,
-        "steps_per_sec": last["steps_per_sec"], "final": final, "eval": early, "device": device(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                 text=True).stdout.strip(),
+        "steps_per_sec": last["steps_per_sec"], "final": final, "eval": early, **provenance(),
     }
+
+
+def provenance():
+    """{'device', 'commit'} of a result record: where and from which code it was measured."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {"device": device(), "commit": commit.stdout.strip()}
 
 
 def device():

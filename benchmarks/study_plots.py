@@ -6,6 +6,9 @@ Writes into the results folder:
   arms.png       one panel per metric (zero-shot, linear probe, few-shot, plain shape & colour, plain position,
                  plain Fréchet distance): mean over seeds per arm, the seeds as dots; an arm that cannot measure a
                  metric has no bar.
+  curves.png     metrics against training step (benchmarks/study_curves.py's JSONs): the training log's mean masking
+                 ratio, then zero-shot, linear probe, plain shape & colour, plain position and plain Fréchet
+                 distance at each evaluation; one colour per arm, each seed a thin line, their mean a thick one.
   sad_sweep.png  shape & colour alignment against cost, per image, in matmul FLOPs and in wall milliseconds: SAD as one
                  line per K through its T_c values, best-of-K reranking as one line through K, plain decoding as
                  a dashed level (the mean over the sweep files present, one per seed).
@@ -28,6 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import study  # noqa: E402
 
+CURVE_METRICS = (("zero-shot", "zero_shot/top1"), ("linear probe", "linear_probe/top1"),
+                 ("shape_color plain", "alignment/plain/oracle_shape_color"),
+                 ("position plain", "alignment/plain/oracle_position"), ("Frechet plain", "alignment/plain/frechet"))
 ARM_METRICS = ("zero-shot", "linear probe", "few-shot 5x5", "shape_color plain", "position plain", "Frechet plain")
 
 
@@ -44,6 +50,40 @@ def plot_arms(records, path):
                 ax.plot([i] * len(values), values, "k.", markersize=4)
         ax.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curve_points(curve, key):
+    """([steps], [values]) of one evaluation metric of a study_curves record, in step order."""
+    steps = sorted((int(s) for s, m in curve["eval"].items() if key in m))
+    return steps, [curve["eval"][str(s)][key] for s in steps]
+
+
+def plot_curves(curves, path):
+    """The masking ratio and CURVE_METRICS against training step, per arm: seeds thin, their mean thick; returns
+    the path."""
+    arms = [a for a in study.ARMS if any(c["arm"] == a for c in curves)]
+    fig, axes = plt.subplots(1, 1 + len(CURVE_METRICS), figsize=(3.2 * (1 + len(CURVE_METRICS)), 3.4))
+    for i, arm in enumerate(arms):
+        runs = [c for c in curves if c["arm"] == arm]
+        for run in runs:
+            steps, ratios = zip(*run["train"]["mask_ratio_mean"])
+            axes[0].plot(steps, ratios, color=f"C{i}", linewidth=1, label=arm if run is runs[0] else None)
+        for ax, (_, key) in zip(axes[1:], CURVE_METRICS):
+            points = [curve_points(run, key) for run in runs]
+            for steps, values in points:
+                ax.plot(steps, values, color=f"C{i}", linewidth=0.7, alpha=0.5)
+            if points and all(p[0] == points[0][0] for p in points) and points[0][0]:
+                ax.plot(points[0][0], np.mean([p[1] for p in points], axis=0), "o-", color=f"C{i}", linewidth=2,
+                        markersize=3, label=f"{arm} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+    for ax, title in zip(axes, ["mean masking ratio (training batches)"] + [t for t, _ in CURVE_METRICS]):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -87,8 +127,11 @@ def plot_sweep(sweeps, path):
     return path
 
 
-def load_sweeps(results):
-    names = sorted(f for f in os.listdir(results) if f.startswith("sad_sweep_seed") and f.endswith(".json"))
+def load_prefixed(results, prefix):
+    """The JSONs in `results` whose names start with `prefix` (the sweep's or the curves'), in name order."""
+    if not os.path.isdir(results):
+        return []
+    names = sorted(f for f in os.listdir(results) if f.startswith(prefix) and f.endswith(".json"))
     return [json.load(open(os.path.join(results, f))) for f in names]
 
 
@@ -96,11 +139,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=os.path.join(study.REPO, "docs", "results"))
     args = parser.parse_args()
-    records, sweeps = study.load(args.results), load_sweeps(args.results) if os.path.isdir(args.results) else []
-    if not records and not sweeps:
-        raise SystemExit(f"error: --results={args.results!r} holds no study or sweep JSONs; run benchmarks/study.py")
+    records, sweeps = study.load(args.results), load_prefixed(args.results, "sad_sweep_seed")
+    curves = load_prefixed(args.results, "curve_")
+    if not records and not sweeps and not curves:
+        raise SystemExit(f"error: --results={args.results!r} holds no study, sweep or curve JSONs; run "
+                         "benchmarks/study.py")
     if records:
         print("wrote", plot_arms(records, os.path.join(args.results, "arms.png")))
+    if curves:
+        print("wrote", plot_curves(curves, os.path.join(args.results, "curves.png")))
     if sweeps:
         print("wrote", plot_sweep(sweeps, os.path.join(args.results, "sad_sweep.png")))
 
