@@ -27,9 +27,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dream_tiny  # noqa: E402
-from dream_jax import sample  # noqa: E402
+from dream_jax import generate, sample  # noqa: E402
 from dream_jax.data import oracle, synthetic  # noqa: E402
-from dream_jax.evaluation import alignment  # noqa: E402
+from dream_jax.evaluation import alignment, interface  # noqa: E402
+from dream_jax.evaluation import prompts as eval_prompts  # noqa: E402
 
 SIZES = {"shape": len(synthetic.SHAPES), "color": len(synthetic.COLORS), "position": len(synthetic.POSITIONS),
          "size": len(synthetic.SIZES)}
@@ -49,11 +50,10 @@ def real_margins(score, num):
     return out
 
 
-def generated_margins(config, variables, frozen, tokenizers, mesh, score, num, k):
+def generated_margins(ctx, score, num, k):
     """{attribute: (prompts with disagreeing samples, mean margin right - wrong, first, best-of-k, oracle-best)}."""
-    prompts, targets = alignment.shapes_prompts(num)
-    images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, k, 0,
-                                        alignment.options(config, "plain"), mesh, log=lambda *a: None)
+    prompts, targets = eval_prompts.shapes_prompts(num)
+    images, _, _ = ctx.predict.sample(prompts, k, 0, generate.mode_options(ctx.config, "plain"), log=ctx.log)
     flat = images.reshape((-1,) + images.shape[2:])
     scores = score(flat, [p for p in prompts for _ in range(k)]).reshape(num, k)
     read = oracle.read_attributes(flat)
@@ -71,12 +71,13 @@ def generated_margins(config, variables, frozen, tokenizers, mesh, score, num, k
 def measure(workdir, num, k):
     config = dream_tiny.get_config()
     mesh, tokenizers, variables, step, frozen = sample.restore_for_inference(config, workdir)
+    ctx = interface.make_context(config, workdir, mesh, variables, frozen, tokenizers, step, True,
+                                 lambda *a: None)
 
     def score(images, prompts):
-        return alignment.own_scores(config, variables, frozen, tokenizers, images, prompts, mesh)
+        return alignment.own_scores(ctx, images, prompts)
 
-    return step, real_margins(score, num), generated_margins(config, variables, frozen, tokenizers, mesh, score,
-                                                             num, k)
+    return step, real_margins(score, num), generated_margins(ctx, score, num, k)
 
 
 def main():

@@ -22,14 +22,14 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dream_tiny  # noqa: E402
 from dream_jax import flops, generate, sample  # noqa: E402
 from dream_jax.data import oracle  # noqa: E402
-from dream_jax.evaluation import alignment  # noqa: E402
+from dream_jax.evaluation import alignment, interface  # noqa: E402
+from dream_jax.evaluation import prompts as eval_prompts  # noqa: E402
 
 ATTRIBUTES = ("shape", "color", "position", "size", "shape_color")
 
@@ -45,24 +45,22 @@ def settings(ks, tcs):
 
 def with_sampling(config, k, tc):
     c = config.copy_and_resolve_references()
-    c.sampling.num_candidates, c.sampling.sad_step = max(k, 2), tc or 1  # plain/rerank read K only (options())
+    c.sampling.num_candidates, c.sampling.sad_step = max(k, 2), tc or 1  # plain/rerank read K only (mode_options)
     return c
 
 
-def images_per_prompt(method, config, variables, frozen, tokenizers, mesh, prompts, seed):
-    """uint8 [P, H, W, 3]: one image per prompt by `method`."""
-    quiet = lambda *a: None  # noqa: E731
+def images_per_prompt(method, ctx, prompts, seed):
+    """uint8 [P, H, W, 3]: one image per prompt by `method`, with ctx's config."""
     if method == "rerank":
-        return alignment.best_of_k(config, variables, frozen, tokenizers, mesh, prompts, 1, seed, quiet)[:, 0]
-    images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, 1, seed,
-                                        alignment.options(config, method), mesh, log=quiet)
+        return alignment.best_of_k(ctx, prompts, 1, seed)[:, 0]
+    images, _, _ = ctx.predict.sample(prompts, 1, seed, generate.mode_options(ctx.config, method), log=ctx.log)
     return images[:, 0]
 
 
 def cost_flops(method, config, k):
     """Forward matmul FLOPs of one image: SAD and plain from generation_flops; reranking K plain decodes plus the
     encoder and projections on each finished image."""
-    opts = alignment.options(config, "sad" if method == "sad" else "plain")
+    opts = generate.mode_options(config, "sad" if method == "sad" else "plain")
     per = sum(flops.generation_flops(config, opts).values())
     if method != "rerank":
         return per
@@ -73,14 +71,15 @@ def cost_flops(method, config, k):
 def measure(config, workdir, ks, tcs, num_prompts, warmup, seed=0, log=print):
     """[{method, k, tc, decoded, seconds, flops, oracle_<attribute>}] of every setting."""
     mesh, tokenizers, variables, step, frozen = sample.restore_for_inference(config, workdir)
-    prompts, targets = alignment.shapes_prompts(num_prompts, seed)
+    prompts, targets = eval_prompts.shapes_prompts(num_prompts, seed)
+    quiet = lambda *a: None  # noqa: E731
     rows = []
     for method, k, tc in settings(ks, tcs):
         c = with_sampling(config, k, tc)
-        args = (method, c, variables, frozen, tokenizers, mesh)
-        images_per_prompt(*args, prompts[:warmup], seed)  # compiles every shape of the timed run
+        ctx = interface.make_context(c, workdir, mesh, variables, frozen, tokenizers, step, True, quiet)
+        images_per_prompt(method, ctx, prompts[:warmup], seed)  # compiles every shape of the timed run
         start = time.monotonic()
-        images = images_per_prompt(*args, prompts, seed)
+        images = images_per_prompt(method, ctx, prompts, seed)
         seconds = time.monotonic() - start
         rates = oracle.match_rates(oracle.read_attributes(images), targets)
         row = {"method": method, "k": k, "tc": tc, "seconds": seconds, "flops": cost_flops(method, c, k),

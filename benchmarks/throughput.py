@@ -41,7 +41,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common  # noqa: E402
 from dream_jax import compile as compile_lib  # noqa: E402
 from dream_jax import flops, generate, sharding, train  # noqa: E402
-from dream_jax import state as state_lib  # noqa: E402
 from dream_jax.models import precision  # noqa: E402
 
 import official_step  # noqa: E402

@@ -1,12 +1,14 @@
 """Shared defaults of every dream_jax config and the one scale table (B/L/H/G as the authors' code).
 
 Every number is ../shared/PAPER.md's (the authors' train_dream.sh / main.py); a config file picks a scale and
-overrides what it must. Imports ml_collections only.
+overrides what it must. Evaluator settings come from dream_jax.evaluation.registry (each kind's DEFAULTS).
 """
 
 import ast
 
 import ml_collections
+
+from dream_jax.evaluation import registry
 
 # name: (width D, encoder depth, decoder depth, heads, MLP hidden)  -- PAPER.md §1.2
 SCALES = {
@@ -50,46 +52,6 @@ AXIS_RULES = (
     ("norm", None),
     ("layers", None),  # the stacked-blocks axis of scan_layers
 )
-
-
-# CLIP's prompt ensemble for zero-shot classification of natural images.
-CLIP_TEMPLATES = ("a photo of a {}.", "itap of a {}.", "a bad photo of the {}.", "a origami {}.",
-                  "a photo of the large {}.", "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
-
-# Every setting of every evaluator kind (dream_jax/evaluation, docs/EVALUATION.md). `config.evals` maps a name to
-# one kind's settings (`kind` defaults to the name), so one kind can run twice, e.g. on two datasets.
-# dataset: 'shapes' (the embedded synthetic set; task = its label) or a tfds name read as ArrayRecord from data_dir
-# ('' = tfds' default). num_* = 0: the whole split. A FID/alignment `prompts` and FID `reference` are 'shapes' or a
-# path (a text file with one prompt per line; a folder of real images). An alignment `classifier` (a file path;
-# '' = off; 'shapes' prompts only) adds each mode's Fréchet distance to num_reference real held-out renders in a
-# small classifier's features, the classifier trained and cached there when the file is missing
-# (dream_jax/evaluation/shape_classifier.py).
-_SOURCE = dict(dataset="shapes", data_dir="", image_key="image", label_key="label", class_names_file="",
-               task="shape_color", seed=0, batch_size=256)
-EVAL_DEFAULTS = {
-    "zero_shot": dict(enabled=True, **_SOURCE, split="validation", num_images=0, templates=CLIP_TEMPLATES),
-    "linear_probe": dict(enabled=True, **_SOURCE, train_split="train", test_split="validation", num_train=0,
-                         num_test=0, pooling="buffer", lrs=(1e-3, 3e-3, 1e-2), l2s=(0.0, 1e-4, 1e-3), steps=2000,
-                         train_batch_size=1024, holdout=0.1),
-    "few_shot": dict(enabled=True, **_SOURCE, split="validation", num_images=0, pooling="buffer", ways=5, shots=5,
-                     queries=15, episodes=1000, method="ridge", ridge=1.0),
-    "fid": dict(enabled=True, inception_weights="", resize="tf1", prompts="", reference="", reference_stats="",
-                num_samples=50_000, num_reference=50_000, sad=True, batch_size=64, chunk=1024,
-                inception_score=True, seed=0),
-    "alignment": dict(enabled=True, prompts="", num_prompts=64, samples_per_prompt=1, modes=("sad", "plain"),
-                      classifier="", num_reference=2048, seed=0),
-}
-
-
-def eval_settings(kind, **overrides):
-    """A full settings dict of an evaluator kind, with overrides (a misspelt one is a ValueError)."""
-    if kind not in EVAL_DEFAULTS:
-        raise ValueError(f"unknown evaluator kind {kind!r}; expected one of {sorted(EVAL_DEFAULTS)}")
-    unknown = sorted(set(overrides) - set(EVAL_DEFAULTS[kind]))
-    if unknown:
-        raise ValueError(f"evaluator {kind!r} has no settings {unknown}; expected some of "
-                         f"{sorted(EVAL_DEFAULTS[kind])}")
-    return dict(EVAL_DEFAULTS[kind], kind=kind, **overrides)
 
 
 def apply_override(config, assignment):
@@ -269,11 +231,11 @@ def get_base_config(scale="B"):
     c.final_samples = 0
     c.final_evals = ()
     c.evals = ml_collections.ConfigDict(dict(
-        zero_shot=eval_settings("zero_shot", dataset="cifar100", split="test"),
-        linear_probe=eval_settings("linear_probe", dataset="imagenet2012", train_split="train",
+        zero_shot=registry.settings("zero_shot", dataset="cifar100", split="test"),
+        linear_probe=registry.settings("linear_probe", dataset="imagenet2012", train_split="train",
                                    test_split="validation"),
-        few_shot=eval_settings("few_shot", dataset="imagenet2012", split="validation"),
-        fid=eval_settings("fid", enabled=False),
-        alignment=eval_settings("alignment", enabled=False),
+        few_shot=registry.settings("few_shot", dataset="imagenet2012", split="validation"),
+        fid=registry.settings("fid", enabled=False),
+        alignment=registry.settings("alignment", enabled=False),
     ))
     return c

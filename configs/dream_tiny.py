@@ -29,6 +29,7 @@ Deviations from the paper, each with its measured effect (docs/BENCHMARKS.md, "T
 import ml_collections
 
 from configs import common
+from dream_jax.evaluation import registry
 
 
 def get_config():
@@ -66,12 +67,12 @@ def get_config():
     # Everything on the embedded synthetic set (labels: shape x colour, 28 classes); FID needs the user's Inception
     # weights: --config.evals.fid.enabled=True --config.evals.fid.inception_weights=PATH.
     c.evals = ml_collections.ConfigDict(dict(
-        zero_shot=common.eval_settings("zero_shot", split="heldout", num_images=512, batch_size=128),
-        linear_probe=common.eval_settings("linear_probe", test_split="heldout", num_train=2048, num_test=1024,
-                                          steps=300, batch_size=128, train_batch_size=256),
-        few_shot=common.eval_settings("few_shot", split="heldout", num_images=1024, batch_size=128),
-        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=256),
-        fid=common.eval_settings("fid", enabled=False, prompts="shapes", reference="shapes", num_samples=1000,
-                                 num_reference=1000),
+        zero_shot=registry.settings("zero_shot", split="heldout", num_images=512, batch_size=128),
+        linear_probe=registry.settings("linear_probe", test_split="heldout", num_train=2048, num_test=1024,
+                                       steps=300, batch_size=128, train_batch_size=256),
+        few_shot=registry.settings("few_shot", split="heldout", num_images=1024, batch_size=128),
+        alignment=registry.settings("alignment", prompts="shapes", num_prompts=256),
+        fid=registry.settings("fid", enabled=False, prompts="shapes", reference="shapes", num_samples=1000,
+                              num_reference=1000),
     ))
     return c

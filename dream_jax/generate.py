@@ -279,6 +279,27 @@ def generate(config, opts, variables, frozen, clip_ids, cond_ids, cond_mask, rng
     return tokens, scores, best.astype(jnp.int32)
 
 
+# The decoding modes of the generation evaluators. "rerank": best-of-K reranking of finished plain samples by the
+# score SAD uses (K = sampling.num_candidates).
+MODES = ("sad", "plain", "rerank")
+
+
+def mode_options(config, mode):
+    """Sampling options of a decoding mode: 'sad' (the config's candidates and T_c), 'plain' or 'rerank' (one
+    candidate; rerank draws sampling.num_candidates of them per sample)."""
+    if mode in ("sad", "rerank") and config.sampling.num_candidates < 2:
+        raise ValueError(f"alignment mode {mode!r} needs sampling.num_candidates >= 2, got "
+                         f"{config.sampling.num_candidates}")
+    if mode == "sad":
+        opts = options_from_config(config)
+    elif mode in ("plain", "rerank"):
+        opts = options_from_config(config, num_candidates=1, sad_step=0)
+    else:
+        raise ValueError(f"alignment mode {mode!r}; expected one of {MODES}")
+    opts.validate(config.model.seq_len)
+    return opts
+
+
 def freeze(config):
     """A hashable config for `generate`'s static argument."""
     return ml_collections.FrozenConfigDict(config)

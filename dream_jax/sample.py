@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from dream_jax import checkpoint as checkpoint_lib
-from dream_jax import frontend, generate, imaging, sharding, summary
+from dream_jax import batching, frontend, generate, imaging, sharding, summary
 from dream_jax import state as state_lib
 from dream_jax.data import synthetic
 
@@ -68,24 +68,21 @@ def sample_images(config, variables, frozen, tokenizers, prompts, num_samples, s
     clip_ids, cond_ids, cond_mask = flat(clip_ids), flat(cond_ids), flat(cond_mask)
     total, chunk = len(clip_ids), config.sampling.batch_size
     frozen_config = generate.freeze(config)
+
+    def decode(index, *batch):
+        tokens, sc, best = generate.generate(frozen_config, opts, variables, frozen, *batch,
+                                             jax.random.fold_in(jax.random.key(seed), index))
+        return frontend.tokens_to_images(config, frozen, tokens), sc, best
+
     images, scores, chosen = [], [], []
     start = time.monotonic()
-    for i in range(0, total, chunk):
-        sl = slice(i, min(total, i + chunk))
-        n = sl.stop - sl.start
-        pad = (-n) % sharding.batch_divisor(mesh, config)
-        batch = [np.concatenate([a[sl], np.repeat(a[sl][-1:], pad, 0)]) for a in (clip_ids, cond_ids, cond_mask)]
-        batch = jax.device_put(batch, sharding.batch_sharding(mesh, config, 2))
-        rng = jax.random.fold_in(jax.random.key(seed), i // chunk)
-        with jax.set_mesh(mesh):
-            tokens, sc, best = generate.generate(frozen_config, opts, variables, frozen, *batch, rng)
-            pixels = frontend.tokens_to_images(config, frozen, tokens)
-        images.append(np.asarray(pixels)[:n])
-        scores.append(np.asarray(sc)[:n])
-        chosen.append(np.asarray(best)[:n])
-        elapsed = time.monotonic() - start
-        log(f"sampled {sl.stop}/{total} images, {elapsed:.1f}s elapsed, ETA "
-            f"{summary.format_seconds(elapsed / sl.stop * (total - sl.stop))}")
+    for pixels, sc, best in batching.run(mesh, config, decode, batching.slices((clip_ids, cond_ids, cond_mask), chunk)):
+        images.append(pixels)
+        scores.append(sc)
+        chosen.append(best)
+        done, elapsed = sum(len(x) for x in images), time.monotonic() - start
+        log(f"sampled {done}/{total} images, {elapsed:.1f}s elapsed, ETA "
+            f"{summary.format_seconds(elapsed / done * (total - done))}")
     shape = (len(prompts), num_samples)
     return (np.concatenate(images).reshape(shape + images[0].shape[1:]),
             np.concatenate(scores).reshape(shape + (-1,)), np.concatenate(chosen).reshape(shape))

@@ -371,18 +371,19 @@ plt.show()
 
 # %% tags=["samples"]
 from dream_jax import generate, imaging, sample
-from dream_jax.evaluation import zero_shot
+from dream_jax.evaluation import interface, zero_shot
 
 variables, ckpt_step = sample.restore_variables(config, WORKDIR, mesh)
 frozen = jax.device_put(frozen, sharding.replicated(mesh))
+ctx = interface.make_context(config, WORKDIR, mesh, variables, frozen, tokenizers, ckpt_step, use_ema=True)
 prompts = sample.DEFAULT_PROMPTS["shapes"]
 
 
 def final_scores(images, prompts):
     """DREAM's cosine of each finished image [P, N, H, W, 3] with its own prompt: [P, N]."""
     flat = jnp.asarray(images.reshape((-1,) + images.shape[2:]))
-    image_emb = zero_shot.image_embeddings(config, variables, frozen, flat, jax.random.key(0))
-    text_emb = zero_shot.class_embeddings(config, variables, tokenizers, [[p] for p in prompts])
+    image_emb = ctx.predict.image_embedding(flat, jax.random.key(0))
+    text_emb = zero_shot.class_embeddings(ctx.predict, [[p] for p in prompts])
     cosine = np.asarray(image_emb @ text_emb.T).reshape(images.shape[:2] + (len(prompts),))
     return np.stack([cosine[i, :, i] for i in range(len(prompts))])
 
@@ -434,10 +435,9 @@ print("mean prompt-image cosine of the finished images: "
 # nearest class prompt is the prediction.
 
 # %% tags=["zero-shot"]
-result = zero_shot.shapes_task(config, variables, frozen, tokenizers, num_images=ZERO_SHOT_IMAGES,
-                               batch_size=min(128, ZERO_SHOT_IMAGES))
-print(f"zero-shot top-1 accuracy: {result['zero_shot_top1']:.3f}")
-print(f"top-5 {result['zero_shot_top5']:.3f}; chance {result['chance_top1']:.3f} (28 classes, "
+result = zero_shot.shapes_task(ctx, num_images=ZERO_SHOT_IMAGES, batch_size=min(128, ZERO_SHOT_IMAGES))
+print(f"zero-shot top-1 accuracy: {result['top1']:.3f}")
+print(f"top-5 {result['top5']:.3f}; chance {result['chance']:.3f} (28 classes, "
       f"{ZERO_SHOT_IMAGES} held-out images, EMA weights of step {ckpt_step})")
 
 # %% [markdown]
@@ -489,9 +489,8 @@ else:
     labels = [classes.index((int(it["shape"]), int(it["color"]))) for it in items]
     prompt_ids = tokenizers.clip_ids([synthetic.shape_color_prompt(s, c) for s, c in classes])
     torch_image, torch_text = torch_embeddings(torch_model, config, frozen, images, prompt_ids)
-    jax_image = np.asarray(zero_shot.image_embeddings(config, variables, frozen, images, jax.random.key(0)))
-    jax_text = np.asarray(zero_shot.class_embeddings(config, variables, tokenizers,
-                                                     [[synthetic.shape_color_prompt(s, c)] for s, c in classes]))
+    jax_image = np.asarray(ctx.predict.image_embedding(images, jax.random.key(0)))
+    jax_text = zero_shot.class_embeddings(ctx.predict, [[synthetic.shape_color_prompt(s, c)] for s, c in classes])
     print(f"max |JAX - PyTorch| of normalised embeddings: images {np.max(np.abs(jax_image - torch_image)):.1e}, "
           f"class prompts {np.max(np.abs(jax_text - torch_text)):.1e}")
     print(f"zero-shot top-1 on {len(items)} held-out images: PyTorch "

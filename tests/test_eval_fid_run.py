@@ -13,9 +13,8 @@ import torch
 
 import inception_reference
 import train_helpers as th
-from configs import common
 from dream_jax import frontend, sharding, state
-from dream_jax.evaluation import run
+from dream_jax.evaluation import fid, interface, registry, run
 
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 10 samples in 2048 dimensions
@@ -25,7 +24,7 @@ def test_fid_evaluator_generates_scores_and_caches_the_reference(tmp_path, capsy
     config = th.tiny_config()
     config.sampling.update(dict(num_iter=2, batch_size=8))  # every batch below has 8 images: one compile each
     config.diffusion.sampling_steps = 3
-    config.evals = ml_collections.ConfigDict(dict(fid=common.eval_settings(
+    config.evals = ml_collections.ConfigDict(dict(fid=registry.settings(
         "fid", inception_weights=weights, prompts="shapes", reference="shapes", num_samples=8, num_reference=8,
         sad=False, batch_size=8, chunk=8)))
     run.validate(config)
@@ -47,7 +46,7 @@ def test_fid_evaluator_generates_scores_and_caches_the_reference(tmp_path, capsy
 
     # The cached reference statistics are read back instead of running Inception on the reference again.
     logged = []
-    ctx = run.Context(config, workdir, mesh, variables, frozen, tokenizers, 0, False, logged.append)
-    name, settings = run.evaluators(config)[0]
-    mu, sigma = run._fid_reference(ctx, name, settings, None)
+    ctx = interface.make_context(config, workdir, mesh, variables, frozen, tokenizers, 0, False, logged.append)
+    name, settings = registry.enabled(config)[0]
+    mu, sigma = fid.reference_statistics(ctx, name, settings, None)
     assert logged == [] and mu.shape == (2048,) and sigma.shape == (2048, 2048)

@@ -12,9 +12,8 @@ import ml_collections
 import pytest
 
 import train_helpers as th
-from configs import common
 from dream_jax import checkpoint, frontend, sharding, state
-from dream_jax.evaluation import run, shape_classifier
+from dream_jax.evaluation import registry, run, shape_classifier
 
 
 STEPS = 20
@@ -23,12 +22,12 @@ STEPS = 20
 def _small_evals():
     """The tiny config's evaluators at a size that runs in seconds."""
     return ml_collections.ConfigDict(dict(
-        zero_shot=common.eval_settings("zero_shot", split="heldout", num_images=64, batch_size=32),
-        linear_probe=common.eval_settings("linear_probe", test_split="heldout", num_train=256, num_test=128,
-                                          steps=50, batch_size=64, train_batch_size=128, pooling="all"),
-        few_shot=common.eval_settings("few_shot", split="heldout", num_images=256, batch_size=64, pooling="all",
-                                      shots=2, queries=3, episodes=40),
-        alignment=common.eval_settings("alignment", prompts="shapes", num_prompts=4, num_reference=16),
+        zero_shot=registry.settings("zero_shot", split="heldout", num_images=64, batch_size=32),
+        linear_probe=registry.settings("linear_probe", test_split="heldout", num_train=256, num_test=128,
+                                       steps=50, batch_size=64, train_batch_size=128, pooling="all"),
+        few_shot=registry.settings("few_shot", split="heldout", num_images=256, batch_size=64, pooling="all",
+                                   shots=2, queries=3, episodes=40),
+        alignment=registry.settings("alignment", prompts="shapes", num_prompts=4, num_reference=16),
     ))
 
 
@@ -102,18 +101,18 @@ def test_evaluate_workdir_writes_every_configured_metric(trained, capsys):
 
 
 @pytest.mark.parametrize("evals,message", [
-    (dict(fid=common.eval_settings("fid", prompts="shapes", reference="shapes", inception_weights="/no/such.pth")),
+    (dict(fid=registry.settings("fid", prompts="shapes", reference="shapes", inception_weights="/no/such.pth")),
      "config.evals.fid.inception_weights='/no/such.pth' does not exist; provide a local copy of the standard FID "
      "Inception weights"),
-    (dict(fid=common.eval_settings("fid", prompts="shapes", reference="shapes")),
+    (dict(fid=registry.settings("fid", prompts="shapes", reference="shapes")),
      "config.evals.fid.inception_weights is not set"),
-    (dict(probe=common.eval_settings("linear_probe", dataset="cifar10", data_dir="DATA_DIR")),
+    (dict(probe=registry.settings("linear_probe", dataset="cifar10", data_dir="DATA_DIR")),
      "config.evals.probe.dataset='cifar10' split 'train' is not prepared as ArrayRecord: prepare it once with "
      "`tfds build cifar10 --file_format=array_record --data_dir=DATA_DIR`"),
     (dict(zero_shot=dict(dataset="shapes", num_imagez=3)),
      "config.evals.zero_shot has unknown settings ['num_imagez']"),
     (dict(mystery=dict(dataset="shapes")), "config.evals.mystery: unknown evaluator kind 'mystery'"),
-    (dict(align=common.eval_settings("alignment", prompts="/no/prompts.txt")),
+    (dict(align=registry.settings("alignment", prompts="/no/prompts.txt")),
      "config.evals.align.prompts='/no/prompts.txt' does not exist"),
 ])
 def test_missing_inputs_are_named_before_restoring(evals, message, tmp_path):

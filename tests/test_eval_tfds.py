@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import common
 from dream_jax.data import eval_sources
+from dream_jax.evaluation import registry
 
 
 def test_tensorflow_is_not_installed():
@@ -21,7 +21,7 @@ def test_tensorflow_is_not_installed():
 
 
 def _settings(**kw):
-    return ml_collections.ConfigDict(common.eval_settings("linear_probe", **kw))
+    return ml_collections.ConfigDict(registry.settings("linear_probe", **kw))
 
 
 def test_tfds_source_reads_images_labels_and_class_names():
@@ -91,20 +91,20 @@ def test_zero_shot_and_linear_probe_run_on_a_tfds_dataset(tmp_path):
 
     import train_helpers as th
     from dream_jax import frontend, sharding, state
-    from dream_jax.evaluation import run
+    from dream_jax.evaluation import interface, linear_probe, zero_shot
 
     config = th.tiny_config()
     mesh = sharding.make_mesh(config, jax.devices()[:1])
     st = state.create_state(config, mesh)
     tokenizers = frontend.make_tokenizers(config)
-    ctx = run.Context(config, str(tmp_path), mesh, {"params": st.params, "batch_stats": st.batch_stats},
-                      frontend.load_frozen(config, tokenizers), tokenizers, 0, True, lambda _: None)
-    zs = ml_collections.ConfigDict(common.eval_settings("zero_shot", dataset="dtd", split="test", batch_size=16))
-    lp = ml_collections.ConfigDict(common.eval_settings("linear_probe", dataset="dtd", train_split="train",
-                                                        test_split="test", steps=20, batch_size=16))
+    ctx = interface.make_context(config, str(tmp_path), mesh, {"params": st.params, "batch_stats": st.batch_stats},
+                                 frontend.load_frozen(config, tokenizers), tokenizers, 0, True, lambda _: None)
+    zs = ml_collections.ConfigDict(registry.settings("zero_shot", dataset="dtd", split="test", batch_size=16))
+    lp = ml_collections.ConfigDict(registry.settings("linear_probe", dataset="dtd", train_split="train",
+                                                     test_split="test", steps=20, batch_size=16))
     with tfds.testing.mock_data(num_examples=24):
-        zero = run._zero_shot(ctx, "zs", zs)
-        probe = run._linear_probe(ctx, "lp", lp)
+        zero = zero_shot.run(ctx, "zs", zs)
+        probe = linear_probe.run(ctx, "lp", lp)
     assert set(zero) == {"top1", "top5", "chance"} and zero["chance"] == 1 / 47 and 0 <= zero["top1"] <= 1
     assert 0 <= probe["top1"] <= 1 and probe["chance"] == 1 / 47
     cached = sorted(os.listdir(tmp_path / "eval" / "features" / "step0_ema"))

@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common, dream_tiny
-from dream_jax.evaluation import run, shape_classifier
+from configs import dream_tiny
+from dream_jax.evaluation import registry, run, shape_classifier
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_the_alignment_evaluator_measures_the_distance_on_the_shapes_prompts_onl
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     config = dream_tiny.get_config()
-    config.evals = ml_collections.ConfigDict(dict(align=common.eval_settings(
+    config.evals = ml_collections.ConfigDict(dict(align=registry.settings(
         "alignment", prompts=str(prompts), classifier=str(tmp_path / "c.msgpack"))))
     with pytest.raises(ValueError, match=r"config.evals.align.classifier is set but config.evals.align.prompts="):
         run.validate(config)

@@ -15,7 +15,7 @@ import study_curves  # noqa: E402
 from configs import common, dream_tiny  # noqa: E402
 from dream_jax import train  # noqa: E402
 from dream_jax.evaluation import report  # noqa: E402
-from dream_jax.evaluation import run as eval_run  # noqa: E402
+from dream_jax.evaluation import registry  # noqa: E402
 
 
 @pytest.mark.parametrize("arm", ["dream", "no_warmup"])
@@ -28,7 +28,7 @@ def test_overrides_evaluate_in_the_loop_and_skip_the_report(arm, tmp_path):
     assert config.eval_every == 600 and config.total_steps == 1200
     assert config.final_evals == () and config.final_samples == 0  # the last step's record is the loop's
     assert config.evals.alignment.modes == ("plain",)
-    assert sorted(name for name, _ in eval_run.evaluators(config)) == [
+    assert sorted(name for name, _ in registry.enabled(config)) == [
         "alignment", "few_shot", "linear_probe", "zero_shot"]
     assert (config.masking.kind == "mar") == (arm == "no_warmup")
 

@@ -27,6 +27,11 @@ from dream_jax.data.webdataset import center_crop_arr
 
 _WORDNET_ID = re.compile(r"^n\d{8}$")
 
+# The dataset settings of every evaluator of labelled images (make_source reads them). dataset: 'shapes' (the
+# embedded synthetic set; task = its label) or a tfds name read as ArrayRecord from data_dir ('' = tfds' default).
+SOURCE_DEFAULTS = dict(dataset="shapes", data_dir="", image_key="image", label_key="label", class_names_file="",
+                       task="shape_color", seed=0, batch_size=256)
+
 
 def prepare_hint(name, data_dir):
     where = data_dir or "the default tfds data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
@@ -148,6 +153,11 @@ def make_source(settings, split, image_size, what, num_examples=0):
     return TfdsSource(settings.dataset, split, image_size, settings.get("data_dir", ""),
                       settings.get("image_key", "image"), settings.get("label_key", "label"),
                       settings.get("class_names_file", ""), num_examples, what=f"{what}.dataset")
+
+
+def evaluator_source(config, name, settings, split, num_examples=0):
+    """make_source for the evaluator config.evals.<name>, at the model's image size."""
+    return make_source(settings, split, config.tokenizer.image_size, f"config.evals.{name}", num_examples)
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

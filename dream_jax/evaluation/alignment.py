@@ -14,86 +14,42 @@ one candidate (num_candidates=1, sad_step=0).
 Dimension letters: P prompts, S samples per prompt, N = P S images, E embedding dim.
 """
 
-import functools
-
 import jax
-import ml_collections
 import numpy as np
 
-from dream_jax import generate, losses, sample
-from dream_jax.data import oracle, synthetic
-from dream_jax.evaluation import features as features_lib
-from dream_jax.evaluation import zero_shot
-from dream_jax.models.dream import DREAM
+from dream_jax import batching, generate
+from dream_jax.data import oracle
+from dream_jax.evaluation import interface, prompts, shape_classifier
 
-# "rerank": best-of-K reranking of finished plain samples by the same score SAD uses (K = sampling.num_candidates).
-MODES = ("sad", "plain", "rerank")
-
-
-def shapes_prompts(num_prompts, seed=0):
-    """Held-out captions of the synthetic set and their attributes ({attribute: int [P]})."""
-    source = synthetic.CaptionedShapes("heldout", num_examples=num_prompts, seed=seed + 2000)
-    items = [source[i] for i in range(num_prompts)]
-    targets = {a: np.array([int(it[a]) for it in items], np.int32) for a in synthetic.ATTRIBUTES}
-    return [it["caption"] for it in items], targets
+# prompts: 'shapes' (held-out captions, read back by the oracle) or a text file; num_prompts (cycled) x
+# samples_per_prompt images per mode. classifier: a file path ('' = off; 'shapes' prompts only) adds each mode's
+# Fréchet distance to num_reference real held-out renders in a small classifier's features, the classifier trained
+# and cached there when the file is missing (shape_classifier.py).
+DEFAULTS = dict(enabled=True, prompts="", num_prompts=64, samples_per_prompt=1, modes=("sad", "plain"),
+                classifier="", num_reference=2048, seed=0)
 
 
-def read_prompts(path, num_prompts, what):
-    """The first `num_prompts` prompts of a file (one per line), cycled when the file has fewer."""
-    if not path:
-        raise FileNotFoundError(f"{what} is not set; provide a text file with one prompt per line")
-    prompts = sample.read_prompts(path, None)
-    return [prompts[i % len(prompts)] for i in range(num_prompts)]
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _text_embeddings(config, variables, ids):
-    return losses.l2_normalize(DREAM(config.model).apply(variables, ids, method=DREAM.text_embedding))
-
-
-def own_scores(config, variables, frozen, tokenizers, images, prompts, mesh, batch_size=256, seed=0):
+def own_scores(ctx, images, prompts, batch_size=256, seed=0):
     """Cosine [N] of the model's image embedding of each uint8 image [N, H, W, 3] with its prompt's."""
-    frozen_config = ml_collections.FrozenConfigDict(config)
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        ids = np.asarray(tokenizers.clip_ids(prompts[i:i + batch_size]))
-        imgs, n = features_lib.shard_batch(mesh, config, np.asarray(images[i:i + batch_size]))
-        ids, _ = features_lib.shard_batch(mesh, config, ids)
-        with jax.set_mesh(mesh):
-            img = zero_shot.image_embeddings(config, variables, frozen, imgs, jax.random.key(seed + i))
-            txt = _text_embeddings(frozen_config, variables, ids)
-        out.append(np.sum(features_lib.fetch(img) * features_lib.fetch(txt), axis=-1)[:n])
-    return np.concatenate(out)
+    ids = np.asarray(ctx.predict.clip_ids(prompts))
+
+    def embed(b, imgs, txt):
+        return ctx.predict.image_embedding(imgs, jax.random.key(seed + b * batch_size)), ctx.predict.text_embedding(txt)
+
+    pairs = ctx.batched(embed, batching.slices((np.asarray(images), ids), batch_size))
+    return np.concatenate([np.sum(img * txt, axis=-1) for img, txt in pairs])
 
 
-def options(config, mode):
-    """Sampling options of a mode: 'sad' (the config's candidates and T_c), 'plain' or 'rerank' (one candidate;
-    rerank draws sampling.num_candidates of them per sample)."""
-    if mode in ("sad", "rerank") and config.sampling.num_candidates < 2:
-        raise ValueError(f"alignment mode {mode!r} needs sampling.num_candidates >= 2, got "
-                         f"{config.sampling.num_candidates}")
-    if mode == "sad":
-        opts = generate.options_from_config(config)
-    elif mode in ("plain", "rerank"):
-        opts = generate.options_from_config(config, num_candidates=1, sad_step=0)
-    else:
-        raise ValueError(f"alignment mode {mode!r}; expected one of {MODES}")
-    opts.validate(config.model.seq_len)
-    return opts
-
-
-def evaluate(config, variables, frozen, tokenizers, mesh, prompts, samples_per_prompt, mode, targets=None, seed=0,
-             log=print):
-    """{'own_score', and with `targets` the oracle's match rates and the KL of each attribute's prompted histogram
-    to its read-back one ('kl_<attribute>', nats)} of samples generated in `mode`."""
+def evaluate(ctx, prompts, samples_per_prompt, mode, targets=None, seed=0):
+    """({'own_score', and with `targets` the oracle's match rates and the KL of each attribute's prompted histogram
+    to its read-back one ('kl_<attribute>', nats)}, images [P, S, H, W, 3]) of samples generated in `mode`."""
     if mode == "rerank":
-        images = best_of_k(config, variables, frozen, tokenizers, mesh, prompts, samples_per_prompt, seed, log)
+        images = best_of_k(ctx, prompts, samples_per_prompt, seed)
     else:
-        images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, samples_per_prompt, seed,
-                                            options(config, mode), mesh, log=log)
+        images, _, _ = ctx.predict.sample(prompts, samples_per_prompt, seed, generate.mode_options(ctx.config, mode), log=ctx.log)
     flat = images.reshape((-1,) + images.shape[2:])
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-    metrics = {"own_score": float(np.mean(own_scores(config, variables, frozen, tokenizers, flat, repeated, mesh)))}
+    metrics = {"own_score": float(np.mean(own_scores(ctx, flat, repeated)))}
     if targets is not None:
         repeated_targets = {k: np.repeat(v, samples_per_prompt) for k, v in targets.items()}
         read = oracle.read_attributes(flat)
@@ -102,16 +58,45 @@ def evaluate(config, variables, frozen, tokenizers, mesh, prompts, samples_per_p
     return metrics, images
 
 
-def best_of_k(config, variables, frozen, tokenizers, mesh, prompts, samples_per_prompt, seed=0, log=print):
+def best_of_k(ctx, prompts, samples_per_prompt, seed=0):
     """uint8 [P, S, H, W, 3]: each of the S samples of a prompt is the best of K = sampling.num_candidates finished
     plain samples by the model's own score (best-of-K reranking: K full decodes where SAD runs K partial ones)."""
-    k = config.sampling.num_candidates
-    images, _, _ = sample.sample_images(config, variables, frozen, tokenizers, prompts, samples_per_prompt * k, seed,
-                                        options(config, "rerank"), mesh, log=log)
+    k = ctx.config.sampling.num_candidates
+    images, _, _ = ctx.predict.sample(prompts, samples_per_prompt * k, seed, generate.mode_options(ctx.config, "rerank"),
+                                      log=ctx.log)
     flat = images.reshape((-1,) + images.shape[2:])
     repeated = [p for p in prompts for _ in range(samples_per_prompt * k)]
-    scores = own_scores(config, variables, frozen, tokenizers, flat, repeated, mesh).reshape(len(prompts),
-                                                                                             samples_per_prompt, k)
+    scores = own_scores(ctx, flat, repeated).reshape(len(prompts), samples_per_prompt, k)
     grouped = images.reshape((len(prompts), samples_per_prompt, k) + images.shape[2:])
     best = scores.argmax(axis=-1)[:, :, None, None, None, None]
     return np.take_along_axis(grouped, best, axis=2)[:, :, 0]
+
+
+def validate(config, name, s):
+    """Known modes the config can sample, and a prompt file that exists (FileNotFoundError / ValueError)."""
+    what = f"config.evals.{name}"
+    for mode in s.modes:
+        generate.mode_options(config, mode)
+    if s.prompts != "shapes":
+        interface.check_file(s.prompts, f"{what}.prompts", prompts.HINT)
+        if s.classifier:
+            raise ValueError(f"{what}.classifier is set but {what}.prompts={s.prompts!r}; the shape classifier's "
+                             "Fréchet distance measures the 'shapes' prompts only")
+
+
+def run(ctx, name, s):
+    """'<mode>/<metric>' of every mode: `evaluate`'s, plus 'frechet' with a classifier."""
+    texts, targets = prompts.of_settings(s, s.num_prompts, f"config.evals.{name}.prompts")
+    if s.classifier:  # validate() allows it only with the 'shapes' prompts
+        size = ctx.config.tokenizer.image_size
+        classifier = shape_classifier.load_or_train(s.classifier, size, log=ctx.log)
+        reference = shape_classifier.statistics(classifier,
+                                                shape_classifier.reference_images(s.num_reference, size, s.seed))
+    out = {}
+    for mode in s.modes:
+        metrics, images = evaluate(ctx, texts, s.samples_per_prompt, mode, targets, s.seed)
+        if s.classifier:
+            metrics["frechet"] = shape_classifier.frechet(classifier, images.reshape((-1,) + images.shape[2:]),
+                                                          reference)
+        out.update({f"{mode}/{k}": v for k, v in metrics.items()})
+    return out

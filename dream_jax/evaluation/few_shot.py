@@ -18,7 +18,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dream_jax.data import eval_sources
+from dream_jax.evaluation import features as features_lib
+
 METHODS = ("ridge", "ncm")
+# `episodes` episodes of `ways` classes with `shots` support and `queries` query images each; num_images 0: the
+# whole split.
+DEFAULTS = dict(enabled=True, **eval_sources.SOURCE_DEFAULTS, split="validation", num_images=0, pooling="buffer",
+                ways=5, shots=5, queries=15, episodes=1000, method="ridge", ridge=1.0)
+
+
+def validate(config, name, s):
+    """A known method and pooling and a readable split (ValueError / FileNotFoundError naming the setting)."""
+    if s.method not in METHODS:
+        raise ValueError(f"config.evals.{name}.method={s.method!r}; expected one of {METHODS}")
+    if s.pooling not in features_lib.POOLINGS:
+        raise ValueError(f"config.evals.{name}.pooling={s.pooling!r}; expected one of {features_lib.POOLINGS}")
+    eval_sources.evaluator_source(config, name, s, s.split, s.num_images)
+
+
+def run(ctx, name, s):
+    """`evaluate` on the cached features of the settings' split."""
+    x, y, _ = features_lib.of_split(ctx, name, s, s.split, s.num_images)
+    return evaluate(x, y, s.ways, s.shots, s.queries, s.episodes, s.seed, s.method, s.ridge)
 
 
 def episodes(labels, ways=5, shots=5, queries=15, num_episodes=1000, seed=0):

@@ -25,11 +25,20 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from dream_jax import batching, generate, sharding
+from dream_jax.data import eval_sources
+from dream_jax.evaluation import features as features_lib
+from dream_jax.evaluation import interface, prompts
 from dream_jax.models.inception import FIDInceptionV3
 
 WEIGHTS_HINT = ("a local copy of the standard FID Inception weights: pytorch-fid's "
                 "pt_inception-2015-12-05-6726825d.pth, torch-fidelity's weights-inception-2015-12-05-6726825d.pth, "
                 "or an .npz export of either (dream_jax.evaluation.fid.export_npz)")
+# num_samples generated images (one per prompt, SAD decoding unless sad=False) against num_reference real ones
+# (`reference`: 'shapes' or a folder; its statistics cached at reference_stats), in chunks of `chunk` prompts.
+DEFAULTS = dict(enabled=True, inception_weights="", resize="tf1", prompts="", reference="", reference_stats="",
+                num_samples=50_000, num_reference=50_000, sad=True, batch_size=64, chunk=1024, inception_score=True,
+                seed=0)
 
 
 # ------------------------------------------------------------------------------------------------------ weights
@@ -194,3 +203,68 @@ def load_statistics(path, what="config.evals.fid.reference_stats"):
         if "mu" not in f.files or "sigma" not in f.files:
             raise ValueError(f"{what}={path!r} has {f.files}; expected arrays 'mu' and 'sigma'")
         return np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluator
+def validate(config, name, s):
+    """The Inception weights, the prompt file and the reference exist (FileNotFoundError naming the setting)."""
+    what = f"config.evals.{name}"
+    interface.check_file(s.inception_weights, f"{what}.inception_weights", WEIGHTS_HINT)
+    if s.prompts != "shapes":
+        interface.check_file(s.prompts, f"{what}.prompts", prompts.HINT + " (the paper: the captions of held-out "
+                             "CC12M shards)")
+    if not (s.reference_stats and os.path.exists(s.reference_stats)) and s.reference != "shapes":
+        interface.check_file(s.reference, f"{what}.reference", "'shapes', a folder of real images, or an existing "
+                             f"{what}.reference_stats .npz")
+
+
+def _inception(ctx, inception, images, batch_size, resize):
+    """(pool3 [N, F], logits without bias [N, K]) of uint8 images, in batches sharded over the mesh."""
+    outs = list(ctx.batched(lambda b, x: inception_outputs(inception, x, resize),
+                            batching.slices((np.asarray(images),), batch_size)))
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def reference_statistics(ctx, name, s, inception):
+    """(mu, sigma) of the reference images: from reference_stats if it exists, else computed and cached there (or
+    under WORKDIR/eval/fid_reference)."""
+    if s.reference_stats and os.path.exists(s.reference_stats):
+        return load_statistics(s.reference_stats, f"config.evals.{name}.reference_stats")
+    size = ctx.config.tokenizer.image_size
+    if s.reference == "shapes":
+        source = eval_sources.ShapesSource("heldout", s.num_reference, size, seed=s.seed + 3000)
+    else:
+        source = eval_sources.ImageFolder(s.reference, size, s.num_reference, f"config.evals.{name}.reference")
+    path = s.reference_stats or os.path.join(ctx.workdir, "eval", "fid_reference", f"{source.key}_{s.resize}.npz")
+    if os.path.exists(path):
+        return load_statistics(path)
+    ctx.log(f"FID reference statistics of {len(source)} images -> {path}")
+    acc = GaussianStats()
+    for images, _ in features_lib.batches(source, s.batch_size):
+        acc.add(_inception(ctx, inception, images, s.batch_size, s.resize)[0])
+    mu, sigma = acc.result()
+    if jax.process_index() == 0:
+        save_statistics(path, mu, sigma, acc.n)
+    return mu, sigma
+
+
+def run(ctx, name, s):
+    """{'fid', 'num_samples', and 'inception_score' / 'inception_score_std'} of num_samples generated images."""
+    what = f"config.evals.{name}"
+    inception = jax.device_put(load_inception(s.inception_weights, f"{what}.inception_weights"),
+                               sharding.replicated(ctx.mesh))
+    mu_ref, sigma_ref = reference_statistics(ctx, name, s, inception)
+    texts, _ = prompts.of_settings(s, s.num_samples, f"{what}.prompts")
+    opts = generate.mode_options(ctx.config, "sad" if s.sad else "plain")
+    acc, logits = GaussianStats(), []
+    for start in range(0, len(texts), s.chunk):
+        images, _, _ = ctx.predict.sample(texts[start:start + s.chunk], 1, s.seed + start, opts, log=ctx.log)
+        pool3, unbiased = _inception(ctx, inception, images[:, 0], s.batch_size, s.resize)
+        acc.add(pool3)
+        logits.append(unbiased)
+        ctx.log(f"FID: {acc.n}/{len(texts)} generated images through Inception")
+    mu, sigma = acc.result()
+    out = {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "num_samples": float(acc.n)}
+    if s.inception_score:
+        out["inception_score"], out["inception_score_std"] = inception_score(np.concatenate(logits), min(10, acc.n))
+    return out

@@ -18,6 +18,31 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dream_jax.data import eval_sources
+from dream_jax.evaluation import features as features_lib
+
+# A grid of learning rates x L2 penalties, each trained `steps` steps on batches of train_batch_size; `holdout` of the
+# train split picks the best; num_train / num_test 0: the whole split.
+DEFAULTS = dict(enabled=True, **eval_sources.SOURCE_DEFAULTS, train_split="train", test_split="validation",
+                num_train=0, num_test=0, pooling="buffer", lrs=(1e-3, 3e-3, 1e-2), l2s=(0.0, 1e-4, 1e-3), steps=2000,
+                train_batch_size=1024, holdout=0.1)
+
+
+def validate(config, name, s):
+    """A known pooling and both splits readable (ValueError / FileNotFoundError naming the setting)."""
+    if s.pooling not in features_lib.POOLINGS:
+        raise ValueError(f"config.evals.{name}.pooling={s.pooling!r}; expected one of {features_lib.POOLINGS}")
+    eval_sources.evaluator_source(config, name, s, s.train_split, s.num_train)
+    eval_sources.evaluator_source(config, name, s, s.test_split, s.num_test)
+
+
+def run(ctx, name, s):
+    """`evaluate` on the cached features of the settings' train and test splits."""
+    train_x, train_y, num_classes = features_lib.of_split(ctx, name, s, s.train_split, s.num_train)
+    test_x, test_y, _ = features_lib.of_split(ctx, name, s, s.test_split, s.num_test)
+    return evaluate(train_x, train_y, test_x, test_y, num_classes, tuple(s.lrs), tuple(s.l2s), s.steps,
+                    s.train_batch_size, s.holdout, s.seed)
+
 
 def standardize(train, *others, eps=1e-5):
     """(train, *others) standardised with train's mean and variance (BatchNorm1d(affine=False), eval mode)."""

@@ -7,44 +7,39 @@ with the BN running statistics; the prediction is the class of highest cosine.
 Dimension letters: N images, K classes, P prompts per class, E embedding dim.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from dream_jax import frontend, losses
-from dream_jax.data import synthetic
-from dream_jax.models.dream import DREAM
+from dream_jax import batching, losses
+from dream_jax.data import eval_sources, synthetic
+from dream_jax.evaluation import features as features_lib
+
+# CLIP's prompt ensemble for zero-shot classification of natural images.
+CLIP_TEMPLATES = ("a photo of a {}.", "itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+                  "a photo of the large {}.", "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+# The word tokenizer of the tiny config only knows caption words, so the synthetic task uses the bare prompt.
+SHAPE_COLOR_TEMPLATES = ("{}",)
+
+# dataset 'shapes' (the embedded set's shape x colour classes) or a tfds name; num_images 0: the whole split.
+DEFAULTS = dict(enabled=True, **eval_sources.SOURCE_DEFAULTS, split="validation", num_images=0,
+                templates=CLIP_TEMPLATES)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _text_embeddings(config, variables, ids):
-    return losses.l2_normalize(DREAM(config.model).apply(variables, ids, method=DREAM.text_embedding))
+def validate(config, name, s):
+    """A tfds dataset must be prepared and have readable class names (ValueError / FileNotFoundError)."""
+    if s.dataset != "shapes":
+        eval_sources.evaluator_source(config, name, s, s.split, s.num_images).readable_class_names(
+            f"config.evals.{name}")
 
 
-def image_embeddings(config, variables, frozen, images, rng):
-    """Normalised embeddings [N, E] of fully visible uint8 images [N, H, W, 3]."""
-    return _image_embeddings(ml_collections.FrozenConfigDict(config), variables, frozen, images, rng)
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _image_embeddings(config, variables, frozen, images, rng):
-    model = DREAM(config.model)
-    tokens = frontend.images_to_tokens(config, frozen, images, rng)
-    mask = jnp.zeros(tokens.shape[:2], bool)
-    x, keep = model.apply(variables, tokens, mask, method=DREAM.encode)
-    return losses.l2_normalize(model.apply(variables, x, keep, method=DREAM.image_embedding))
-
-
-def class_embeddings(config, variables, tokenizers, prompts_per_class):
-    """[K, E] from a list (per class) of prompt lists."""
+def class_embeddings(predict, prompts_per_class):
+    """[K, E] from a list (per class) of prompt lists: the normalised mean of each class's text embeddings."""
     out = []
     for prompts in prompts_per_class:
-        emb = _text_embeddings(ml_collections.FrozenConfigDict(config), variables, jnp.asarray(tokenizers.clip_ids(prompts)))
+        emb = predict.text_embedding(jnp.asarray(predict.clip_ids(prompts)))
         out.append(losses.l2_normalize(jnp.mean(emb, axis=0)))
-    return jnp.stack(out)
+    return np.asarray(jnp.stack(out))
 
 
 def accuracy(image_emb, class_emb, labels, k=1):
@@ -54,26 +49,45 @@ def accuracy(image_emb, class_emb, labels, k=1):
     return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
 
 
-# The word tokenizer of the tiny config only knows caption words, so the synthetic task uses the bare prompt.
-SHAPE_COLOR_TEMPLATES = ("{}",)
+def image_embeddings(ctx, batches, rng_of_batch):
+    """[N, E] of host image batches (tuples (images,)), the rng of batch b being rng_of_batch(b)."""
+    return np.concatenate(list(ctx.batched(lambda b, x: ctx.predict.image_embedding(x, rng_of_batch(b)), batches)))
 
 
-def shapes_task(config, variables, frozen, tokenizers, split="heldout", num_images=512, batch_size=128, seed=0):
+def shapes_task(ctx, split="heldout", num_images=512, batch_size=128, seed=0):
     """Zero-shot shape x colour accuracy (top-1, top-5) on the synthetic set (labels = the renderer's = oracle's)."""
     classes = synthetic.shape_color_classes()
     prompts = [[t.format(synthetic.shape_color_prompt(s, c)) for t in SHAPE_COLOR_TEMPLATES] for s, c in classes]
-    class_emb = class_embeddings(config, variables, tokenizers, prompts)
+    class_emb = class_embeddings(ctx.predict, prompts)
     source = synthetic.CaptionedShapes(split, num_examples=num_images, seed=seed + 1000,
-                                       image_size=config.tokenizer.image_size)
+                                       image_size=ctx.config.tokenizer.image_size)
+    items = [source[i] for i in range(num_images)]
+    images = np.stack([it["image"] for it in items])
     lookup = {sc: i for i, sc in enumerate(classes)}
-    embs, labels = [], []
-    for start in range(0, num_images, batch_size):
-        items = [source[i] for i in range(start, min(num_images, start + batch_size))]
-        images = jnp.asarray(np.stack([it["image"] for it in items]))
-        embs.append(image_embeddings(config, variables, frozen, images, jax.random.key(start)))
-        labels += [lookup[(int(it["shape"]), int(it["color"]))] for it in items]
-    image_emb = jnp.concatenate(embs)
-    return {"zero_shot_top1": accuracy(image_emb, class_emb, labels, 1),
-            "zero_shot_top5": accuracy(image_emb, class_emb, labels, 5),
-            "chance_top1": 1.0 / len(classes)}
+    labels = [lookup[(int(it["shape"]), int(it["color"]))] for it in items]
+    image_emb = image_embeddings(ctx, batching.slices((images,), batch_size), lambda b: jax.random.key(b * batch_size))
+    return {"top1": accuracy(image_emb, class_emb, labels, 1), "top5": accuracy(image_emb, class_emb, labels, 5),
+            "chance": 1.0 / len(classes)}
 
+
+def run(ctx, name, s):
+    """{'top1', 'top5' (more than 5 classes), 'chance'} of the settings' dataset."""
+    if s.dataset == "shapes":
+        return shapes_task(ctx, eval_sources.shapes_split(s.split), s.num_images or 512, s.batch_size, s.seed)
+    source = eval_sources.evaluator_source(ctx.config, name, s, s.split, s.num_images)
+    names = source.readable_class_names(f"config.evals.{name}")
+    with jax.set_mesh(ctx.mesh):
+        class_emb = class_embeddings(ctx.predict, [[t.format(n) for t in s.templates] for n in names])
+    labels = []
+
+    def images():
+        for x, y in features_lib.batches(source, s.batch_size):
+            labels.append(y)
+            yield (x,)
+
+    emb = image_embeddings(ctx, images(), lambda b: jax.random.key(s.seed + b))
+    labels = np.concatenate(labels)
+    out = {"top1": accuracy(emb, class_emb, labels, 1), "chance": 1.0 / len(names)}
+    if len(names) > 5:
+        out["top5"] = accuracy(emb, class_emb, labels, 5)
+    return out

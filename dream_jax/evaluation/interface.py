@@ -1,0 +1,114 @@
+"""What every evaluator receives: a Context with the model's predict functions (big_vision's predict_fn) and
+where its outputs go.
+
+Evaluators never apply the model themselves. `make_context` binds the restored variables, frozen components and
+tokenizers into `Predict`'s functions (one jitted function per kind of output), and an evaluator runs them over its
+host batches with `ctx.batched` (dream_jax/batching.py: pad, shard over the mesh, run, fetch). An evaluator kind
+is a module of dream_jax/evaluation with `DEFAULTS` (its settings), `validate(config, name, settings)` (a missing
+file or a bad setting raises, naming it, before anything is restored) and `run(ctx, name, settings)` (its metrics);
+evaluation/registry.py lists the kinds.
+
+Dimension letters: B batch, H W image size, T text context, E embedding dim, D width, P prompts, S samples per
+prompt, K candidates.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dream_jax import batching, frontend, losses, sample
+from dream_jax.evaluation import features as features_lib
+from dream_jax.models.dream import DREAM
+
+
+@dataclasses.dataclass(frozen=True)
+class Predict:
+    """The model as evaluators see it. Images are uint8 [B, H, W, 3], encoded fully visible; embeddings are
+    L2-normalised.
+      image_embedding(images, rng) -> [B, E]    (the contrastive image embedding, EMA BN statistics)
+      text_embedding(clip_ids [B, T]) -> [B, E] (the CLIP text tower)
+      features(images, rng, pooling) -> [B, D]  (fc_norm of the pooled encoder output; features.POOLINGS)
+      sample(prompts, num_samples, seed, opts, log) -> (images [P, S, H, W, 3], SAD scores [P, S, K], choices)
+      clip_ids(prompts) -> int32 [P, T]         (the text tower's tokenizer)"""
+
+    image_embedding: Callable
+    text_embedding: Callable
+    features: Callable
+    sample: Callable
+    clip_ids: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """One evaluation: the config (data and sampling settings), where outputs go (workdir, step, EMA or raw), the
+    mesh, the predict functions, and a log function for progress lines."""
+
+    config: Any
+    workdir: str
+    mesh: Any
+    step: int
+    use_ema: bool
+    predict: Predict
+    log: Callable = print
+
+    def batched(self, fn, batches):
+        """batching.run on this context's mesh: fn(index, *sharded batch) per host batch, fetched and trimmed."""
+        return batching.run(self.mesh, self.config, fn, batches)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _image_embedding(config, variables, frozen, images, rng):
+    model = DREAM(config.model)
+    tokens = frontend.images_to_tokens(config, frozen, images, rng)
+    x, keep = model.apply(variables, tokens, jnp.zeros(tokens.shape[:2], bool), method=DREAM.encode)
+    return losses.l2_normalize(model.apply(variables, x, keep, method=DREAM.image_embedding))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _text_embedding(config, variables, ids):
+    return losses.l2_normalize(DREAM(config.model).apply(variables, ids, method=DREAM.text_embedding))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "pooling"))
+def _features(config, pooling, variables, frozen, images, rng):
+    tokens = frontend.images_to_tokens(config, frozen, images, rng)
+    x, _ = DREAM(config.model).apply(variables, tokens, jnp.zeros(tokens.shape[:2], bool), method=DREAM.encode)
+    return features_lib.fc_norm(features_lib.pool(x.astype(jnp.float32), config.model.buffer_size, pooling))
+
+
+def make_predict(config, variables, frozen, tokenizers, mesh):
+    """Predict's functions bound to one model's variables, frozen components and tokenizers."""
+    frozen_config = ml_collections.FrozenConfigDict(config)
+
+    def features(images, rng, pooling="buffer"):
+        if pooling not in features_lib.POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; expected one of {features_lib.POOLINGS}")
+        return _features(frozen_config, pooling, variables, frozen, images, rng)
+
+    def sample_fn(prompts, num_samples, seed, opts, log=print):
+        return sample.sample_images(config, variables, frozen, tokenizers, prompts, num_samples, seed, opts, mesh,
+                                    log=log)
+
+    return Predict(
+        image_embedding=functools.partial(_image_embedding, frozen_config, variables, frozen),
+        text_embedding=functools.partial(_text_embedding, frozen_config, variables),
+        features=features, sample=sample_fn, clip_ids=tokenizers.clip_ids)
+
+
+def make_context(config, workdir, mesh, variables, frozen, tokenizers, step, use_ema, log=print):
+    """The Context of evaluating one model's variables."""
+    return Context(config, workdir, mesh, int(step), bool(use_ema),
+                   make_predict(config, variables, frozen, tokenizers, mesh), log)
+
+
+def check_file(path, what, hint):
+    """FileNotFoundError naming the setting `what` when `path` is empty or missing."""
+    if not path:
+        raise FileNotFoundError(f"{what} is not set; provide {hint}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}={path!r} does not exist; provide {hint}")
