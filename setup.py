@@ -16,7 +16,7 @@ setuptools.setup(
     description="DREAM: contrastive visual representations and text-to-image generation in JAX/Flax.",
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["dream_jax", "dream_jax.*", "configs"]),
+    packages=setuptools.find_packages(include=["dream_jax", "dream_jax.*"]),
     python_requires=">=3.10",
     install_requires=_REQUIREMENTS,
     extras_require={
@@ -40,6 +40,9 @@ setuptools.setup(
             "ipykernel==7.4.0",
             "jupytext==1.19.6",
             "matplotlib==3.11.2",
+            # tests/test_architecture.py: the layers contract of .importlinter, and grimp's import graph
+            "import-linter==2.17",
+            "grimp==3.20",
         ],
         # --mode=compile on any machine (TPU topologies without a TPU) and training on TPU VMs: jax[tpu]'s libtpu.
         "tpu": [

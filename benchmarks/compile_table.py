@@ -38,9 +38,9 @@ config = importlib.import_module("configs.dream_{scale}").get_config()
 config.compile_topology = {topology!r}
 config.data.source = {source!r}
 config.grad_accum_steps = {accum} or config.grad_accum_steps
-from configs import common
+from dream_jax import base_config
 for assignment in {overrides!r}:
-    common.apply_override(config, assignment)
+    base_config.apply_override(config, assignment)
 print("STATS " + json.dumps(compile_lib.compile_stats(config)), flush=True)
 """
 

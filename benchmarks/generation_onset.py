@@ -25,8 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common, dream_tiny
-from dream_jax import checkpoint, frontend, generate, losses, masking, sample, sharding, state, train
+from configs import dream_tiny
+from dream_jax import base_config
+from dream_jax import checkpoint, generate, losses, masking, runtime, sampler, state, train
+from dream_jax import frozen as frozen_lib
+from dream_jax import tokens as tokens_lib
 from dream_jax.data import oracle, synthetic
 from dream_jax.models import gaussian_diffusion
 from dream_jax.models.dream import DREAM
@@ -35,7 +38,7 @@ from dream_jax.models.dream import DREAM
 def _config(steps, every, steps_per_epoch, overrides=()):
     c = dream_tiny.get_config()
     for assignment in overrides:
-        common.apply_override(c, assignment)
+        base_config.apply_override(c, assignment)
     c.total_steps = steps
     c.steps_per_epoch = steps_per_epoch or steps // c.num_epochs + 1
     c.checkpoint_every = every
@@ -50,9 +53,9 @@ def _config(steps, every, steps_per_epoch, overrides=()):
 def z_gap(config, variables, frozen, tokenizers, images, captions, ratio=0.5):
     """(loss with own z, loss with another image's z): the diffusion loss of `images` at mask `ratio`."""
     model = DREAM(config.model)
-    tokens = frontend.images_to_tokens(config, frozen, images, jax.random.key(0))
+    tokens = tokens_lib.images_to_tokens(config, frozen, images, jax.random.key(0))
     cond_ids, cond_mask = map(jnp.asarray, tokenizers.cond_ids(captions))
-    text = model.apply(variables, frontend.cond_features(config, frozen, cond_ids, cond_mask),
+    text = model.apply(variables, frozen_lib.cond_features(config, frozen, cond_ids, cond_mask),
                        method=DREAM.align_text)
     groups = config.masking.num_groups
     mask = masking.random_masks(jax.random.key(1), jnp.full((groups,), ratio), tokens.shape[0], tokens.shape[1])
@@ -82,15 +85,14 @@ def main():
     args = parser.parse_args()
     config = _config(args.steps, args.every, args.steps_per_epoch, args.set)
     train.train_and_evaluate(config, args.workdir)
-    mesh = sharding.make_mesh(config)
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = frontend.load_frozen(config, tokenizers)
+    rt = runtime.create(config)
+    mesh, tokenizers, frozen = rt.mesh, rt.tokenizers, rt.frozen
     source = synthetic.CaptionedShapes("heldout", num_examples=args.num_prompts, seed=0)
     items = [source[i] for i in range(args.num_prompts)]
     captions = [it["caption"] for it in items]
     targets = {k: np.array([it[k] for it in items]) for k in ("shape", "color", "position")}
     images = jnp.asarray(np.stack([it["image"] for it in items]))
-    prompt_ids = [jnp.asarray(a) for a in sample.encode_prompts(tokenizers, captions)]
+    prompt_ids = [jnp.asarray(a) for a in sampler.encode_prompts(tokenizers, captions)]
     samplers = {"match": generate.options_from_config(config, num_candidates=1, sad_step=0, num_iter=64),
                 "match_sample_mode": generate.options_from_config(config)}
     manager = checkpoint.Manager(args.workdir, config, read_only=True)
@@ -103,7 +105,7 @@ def main():
         for name, opts in samplers.items():
             tokens, _, _ = generate.generate(generate.freeze(config), opts, variables, frozen, *prompt_ids,
                                              jax.random.key(0))
-            samples = np.asarray(frontend.tokens_to_images(config, frozen, tokens))
+            samples = np.asarray(tokens_lib.tokens_to_images(config, frozen, tokens))
             row[name] = {k: round(v, 3) for k, v in oracle.alignment(samples, targets).items() if k in targets}
         own, other = z_gap(config, variables, frozen, tokenizers, images, captions)
         row.update(loss_own_z=round(own, 5), loss_other_z=round(other, 5), z_gap=round(other - own, 5))

@@ -106,9 +106,9 @@ def write_shards(directory, records, shards=2):
 
 def host_rate(config, batches):
     """Examples/s of process 0 of HOSTS reading per-host batches, after two warm-up batches (workers start)."""
-    from dream_jax import frontend
+    from dream_jax.data import tokenizers as tokenizers_lib
 
-    it = iter(pipeline.make_dataset(config, frontend.make_tokenizers(config), process_index=0,
+    it = iter(pipeline.make_dataset(config, tokenizers_lib.make_tokenizers(config), process_index=0,
                                     process_count=HOSTS))
     for _ in range(2):
         next(it)

@@ -56,7 +56,7 @@ def import_official_main(repo):
 def measure(repo, config, batch_size, mask_ratio, steps, warmup, t5):
     """Seconds per step of the authors' train step (see the module docstring) and the torch device's name.
 
-    `t5`: the frozen T5's shape (compile._t5_shape) or None for none in the step."""
+    `t5`: the frozen T5's shape (compile.t5_shape) or None for none in the step."""
     import torch
     import transformers
 

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dream_tiny  # noqa: E402
-from dream_jax import generate, sample  # noqa: E402
+from dream_jax import generate, runtime  # noqa: E402
 from dream_jax.data import oracle, synthetic  # noqa: E402
 from dream_jax.evaluation import alignment, interface  # noqa: E402
 from dream_jax.evaluation import prompts as eval_prompts  # noqa: E402
@@ -70,9 +70,9 @@ def generated_margins(ctx, score, num, k):
 
 def measure(workdir, num, k):
     config = dream_tiny.get_config()
-    mesh, tokenizers, variables, step, frozen = sample.restore_for_inference(config, workdir)
-    ctx = interface.make_context(config, workdir, mesh, variables, frozen, tokenizers, step, True,
-                                 lambda *a: None)
+    rt = runtime.create(config)
+    variables, step = runtime.restore_variables(rt, workdir, config.sampling.use_ema)
+    ctx = interface.make_context(rt, workdir, variables, step, True, lambda *a: None)
 
     def score(images, prompts):
         return alignment.own_scores(ctx, images, prompts)

@@ -16,6 +16,7 @@ Dimension letters: P prompts, K candidates.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dream_tiny  # noqa: E402
-from dream_jax import flops, generate, sample  # noqa: E402
+from dream_jax import flops, generate, runtime  # noqa: E402
 from dream_jax.data import oracle  # noqa: E402
 from dream_jax.evaluation import alignment, interface  # noqa: E402
 from dream_jax.evaluation import prompts as eval_prompts  # noqa: E402
@@ -70,13 +71,14 @@ def cost_flops(method, config, k):
 
 def measure(config, workdir, ks, tcs, num_prompts, warmup, seed=0, log=print):
     """[{method, k, tc, decoded, seconds, flops, oracle_<attribute>}] of every setting."""
-    mesh, tokenizers, variables, step, frozen = sample.restore_for_inference(config, workdir)
+    rt = runtime.create(config)
+    variables, step = runtime.restore_variables(rt, workdir, config.sampling.use_ema)
     prompts, targets = eval_prompts.shapes_prompts(num_prompts, seed)
     quiet = lambda *a: None  # noqa: E731
     rows = []
     for method, k, tc in settings(ks, tcs):
         c = with_sampling(config, k, tc)
-        ctx = interface.make_context(c, workdir, mesh, variables, frozen, tokenizers, step, True, quiet)
+        ctx = interface.make_context(dataclasses.replace(rt, config=c), workdir, variables, step, True, quiet)
         images_per_prompt(method, ctx, prompts[:warmup], seed)  # compiles every shape of the timed run
         start = time.monotonic()
         images = images_per_prompt(method, ctx, prompts, seed)

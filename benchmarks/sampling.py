@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import dream_b, dream_tiny
-from dream_jax import flops, frontend, generate, sample, sharding
+from dream_jax import flops, generate, runtime, sampler, sharding
+from dream_jax import tokens as tokens_lib
 from dream_jax.data import oracle, synthetic
 from dream_jax.models.dream import DREAM
 
@@ -86,10 +87,9 @@ def main():
     if args.flops_only:
         print(json.dumps({"num_iter": args.num_iter, "candidates": k, **flop_ratios(settings)}))
         return
-    mesh = sharding.make_mesh(config, jax.devices()[:1])
-    variables, step = sample.restore_variables(config, args.workdir, mesh)
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = frontend.load_frozen(config, tokenizers)
+    rt = runtime.create(config, sharding.make_mesh(config, jax.devices()[:1]))
+    variables, step = runtime.restore_variables(rt, args.workdir, config.sampling.use_ema)
+    tokenizers, frozen = rt.tokenizers, rt.frozen
     fc = generate.freeze(config)
     base = settings["plain"]
     result = {"device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})", "checkpoint_step": step,
@@ -101,13 +101,13 @@ def main():
     match = {name: [] for name in list(settings) + ["rerank_k5_finished"]}
     for seed in range(3):
         prompts, targets = _prompts(args.num_prompts, seed)
-        clip_ids, cond_ids, cond_mask = map(jnp.asarray, sample.encode_prompts(tokenizers, prompts))
+        clip_ids, cond_ids, cond_mask = map(jnp.asarray, sampler.encode_prompts(tokenizers, prompts))
         rng = jax.random.key(seed)
         for name, opts in settings.items():
             (tokens, _, _), seconds = _timed(generate.generate, fc, opts, variables, frozen, clip_ids, cond_ids,
                                              cond_mask, rng)
             result.setdefault(f"{name}_seconds", []).append(round(seconds, 3))
-            images = np.asarray(frontend.tokens_to_images(config, frozen, tokens))
+            images = np.asarray(tokens_lib.tokens_to_images(config, frozen, tokens))
             match[name].append(oracle.alignment(images, targets))
         # Best-of-K reranking: finish K plain candidates, score the finished tokens with the same scorer.
         rep = lambda a: jnp.repeat(a, k, axis=0)  # noqa: E731
@@ -118,7 +118,7 @@ def main():
         scores = generate.sad_scores(fc, variables, tokens, jnp.zeros(tokens.shape[:2], bool), text_emb)
         best = np.asarray(scores).reshape(-1, k).argmax(1)
         chosen = np.asarray(tokens).reshape((-1, k) + tokens.shape[1:])[np.arange(len(prompts)), best]
-        images = np.asarray(frontend.tokens_to_images(config, frozen, jnp.asarray(chosen)))
+        images = np.asarray(tokens_lib.tokens_to_images(config, frozen, jnp.asarray(chosen)))
         match["rerank_k5_finished"].append(oracle.alignment(images, targets))
     plain_time = np.mean(result["plain_seconds"])
     for name in list(settings) + ["rerank_k5_finished"]:

@@ -28,7 +28,7 @@ sys.path.insert(0, REPO)
 
 import study  # noqa: E402
 import train_tiny  # noqa: E402
-from configs import common  # noqa: E402
+from dream_jax import base_config  # noqa: E402
 from configs import dream_tiny  # noqa: E402
 
 # The training log's columns a curve keeps (metrics.jsonl; the masking ratio shows the warmup's schedule).
@@ -42,7 +42,7 @@ def check_every(every, extra):
     """ValueError unless `every` divides the run's total steps (the last step must be evaluated); returns them."""
     config = dream_tiny.get_config()
     for assignment in extra:
-        common.apply_override(config, assignment)
+        base_config.apply_override(config, assignment)
     steps = config.total_steps
     if every <= 0 or steps % every:
         raise ValueError(f"--every={every} must be a positive divisor of total_steps={steps}")

@@ -29,7 +29,6 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -38,9 +37,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import common  # noqa: E402
+from dream_jax import base_config  # noqa: E402
 from dream_jax import compile as compile_lib  # noqa: E402
 from dream_jax import flops, generate, sharding, train  # noqa: E402
+from dream_jax import frozen as frozen_lib  # noqa: E402
 from dream_jax.models import precision  # noqa: E402
 
 import official_step  # noqa: E402
@@ -94,7 +94,7 @@ def random_like(tree, seed=0):
 def make_config(args):
     config = importlib.import_module(args.config.replace("/", ".").removesuffix(".py")).get_config()
     for assignment in args.set:
-        common.apply_override(config, assignment)
+        base_config.apply_override(config, assignment)
     if args.batch_size:
         config.batch_size = args.batch_size
     config.masking.kind, config.masking.fixed_ratio = "fixed", args.mask_ratio
@@ -102,11 +102,17 @@ def make_config(args):
 
 
 def official_t5(config):
-    """The frozen T5's shape for the authors' step (compile._t5_shape), None when the config has the tiny one."""
+    """The frozen T5's shape for the authors' step (compile.t5_shape), None when the config has the tiny one."""
     if config.text.cond_encoder != "t5":
         return None
-    with tempfile.TemporaryDirectory() as directory:
-        return compile_lib._t5_shape(compile_lib._stand_in_dirs(config, directory)[0])
+    return compile_lib.t5_shape(compile_lib.module_configs(config)[0])
+
+
+def random_frozen(config):
+    """The frozen components of the config's shapes (compile.module_configs: local config.json files, else the
+    paper's), random weights."""
+    t5, vae, _ = compile_lib.module_configs(config)
+    return random_like(frozen_lib.abstract(config, t5, vae))
 
 
 def measure(config, steps, warmup):
@@ -115,49 +121,45 @@ def measure(config, steps, warmup):
     train.validate_config(config)
     mesh = sharding.make_mesh(config)
     train.check_batch(config, mesh)
-    with tempfile.TemporaryDirectory() as directory:  # T5 / VAE config.json stand-ins, read while tracing
-        config, _ = compile_lib._stand_in_dirs(config, directory)
-        t5 = compile_lib._t5_shape(config) if config.text.cond_encoder == "t5" else None
-        frozen = jax.device_put(random_like(compile_lib.abstract_frozen(config)), sharding.replicated(mesh))
-        batch = sharding.global_batch(random_like(compile_lib.abstract_batch(config), seed=1), mesh, config)
-        state = train.create_state(config, mesh)
-        step_fn = train.compile_step(config, mesh, frozen, batch)
-        start = time.perf_counter()
-        for i in range(warmup):
-            state, metrics = step_fn(state, frozen, batch, i)
-        jax.block_until_ready((state, metrics))
-        warm = time.perf_counter() - start
-        start = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            state, metrics = step_fn(state, frozen, batch, i)
-        jax.block_until_ready((state, metrics))
-        return (time.perf_counter() - start) / steps, warm, t5
+    frozen = random_frozen(config)
+    frozen = jax.device_put(frozen, sharding.frozen_shardings(frozen, mesh))
+    batch = sharding.global_batch(random_like(compile_lib.abstract_batch(config), seed=1), mesh, config)
+    state = train.create_state(config, mesh)
+    step_fn = train.compile_step(config, mesh, frozen, batch)
+    start = time.perf_counter()
+    for i in range(warmup):
+        state, metrics = step_fn(state, frozen, batch, i)
+    jax.block_until_ready((state, metrics))
+    warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        state, metrics = step_fn(state, frozen, batch, i)
+    jax.block_until_ready((state, metrics))
+    return (time.perf_counter() - start) / steps, warm, official_t5(config)
 
 
 def measure_sampling(config, batch):
     """{'plain', 'sad'} -> warm seconds of generate.generate on `batch` random prompts (random weights)."""
     mesh = sharding.make_mesh(config, jax.devices()[:1])
-    with tempfile.TemporaryDirectory() as directory:
-        config, _ = compile_lib._stand_in_dirs(config, directory)
-        frozen = random_like(compile_lib.abstract_frozen(config))
-        state = train.create_state(config, mesh)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        m = config.model
-        rng = np.random.default_rng(2)
-        clip_ids = jnp.asarray(rng.integers(1, m.text_tower.vocab_size, (batch, m.text_tower.context_length)),
-                               jnp.int32)
-        cond_ids = jnp.asarray(rng.integers(1, 100, (batch, m.cond_len)), jnp.int32)
-        cond_mask = jnp.ones((batch, m.cond_len), jnp.int32)
-        fc = generate.freeze(config)
-        out = {}
-        for name, opts in (("plain", generate.options_from_config(config, num_candidates=1, sad_step=0)),
-                           ("sad", generate.options_from_config(config))):
-            args = (fc, opts, variables, frozen, clip_ids, cond_ids, cond_mask, jax.random.key(0))
-            jax.block_until_ready(generate.generate(*args))
-            start = time.perf_counter()
-            jax.block_until_ready(generate.generate(*args))
-            out[name] = time.perf_counter() - start
-        return out
+    frozen = random_frozen(config)
+    state = train.create_state(config, mesh)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    m = config.model
+    rng = np.random.default_rng(2)
+    clip_ids = jnp.asarray(rng.integers(1, m.text_tower.vocab_size, (batch, m.text_tower.context_length)),
+                           jnp.int32)
+    cond_ids = jnp.asarray(rng.integers(1, 100, (batch, m.cond_len)), jnp.int32)
+    cond_mask = jnp.ones((batch, m.cond_len), jnp.int32)
+    fc = generate.freeze(config)
+    out = {}
+    for name, opts in (("plain", generate.options_from_config(config, num_candidates=1, sad_step=0)),
+                       ("sad", generate.options_from_config(config))):
+        args = (fc, opts, variables, frozen, clip_ids, cond_ids, cond_mask, jax.random.key(0))
+        jax.block_until_ready(generate.generate(*args))
+        start = time.perf_counter()
+        jax.block_until_ready(generate.generate(*args))
+        out[name] = time.perf_counter() - start
+    return out
 
 
 def main():

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from configs import dream_b, dream_tiny
-from dream_jax import frontend, masking, sharding, train
+from dream_jax import masking, runtime, sharding, train
 from dream_jax.data import pipeline
 from dream_jax.export import to_pytorch
 from dream_jax.export import torch_modules as tm
@@ -56,10 +56,9 @@ def _time(step, warmup, steps, sync):
 
 
 def jax_side(config, args):
-    mesh = sharding.make_mesh(config)
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
-    batch = sharding.global_batch(next(iter(pipeline.make_dataset(config, tokenizers))), mesh, config)
+    rt = runtime.create(config)
+    mesh, frozen = rt.mesh, rt.frozen
+    batch = sharding.global_batch(next(iter(pipeline.make_dataset(config, rt.tokenizers))), mesh, config)
     state = train.create_state(config, mesh)
     step_fn = train.compile_step(config, mesh, frozen, batch)
     holder = {"state": state}

@@ -1,7 +1,7 @@
-"""DREAM-B: the authors' recipe at the B scale (see configs/common.py for every value)."""
+"""DREAM-B: the authors' recipe at the B scale (see dream_jax/base_config.py for every value)."""
 
-from configs import common
+from dream_jax import base_config
 
 
 def get_config():
-    return common.get_base_config("B")
+    return base_config.get_base_config("B")

@@ -1,7 +1,7 @@
-"""DREAM-G: the authors' recipe at the G scale (see configs/common.py for every value)."""
+"""DREAM-G: the authors' recipe at the G scale (see dream_jax/base_config.py for every value)."""
 
-from configs import common
+from dream_jax import base_config
 
 
 def get_config():
-    return common.get_base_config("G")
+    return base_config.get_base_config("G")

@@ -1,7 +1,7 @@
-"""DREAM-H: the authors' recipe at the H scale (see configs/common.py for every value)."""
+"""DREAM-H: the authors' recipe at the H scale (see dream_jax/base_config.py for every value)."""
 
-from configs import common
+from dream_jax import base_config
 
 
 def get_config():
-    return common.get_base_config("H")
+    return base_config.get_base_config("H")

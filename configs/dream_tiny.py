@@ -28,12 +28,12 @@ Deviations from the paper, each with its measured effect (docs/BENCHMARKS.md, "T
 
 import ml_collections
 
-from configs import common
+from dream_jax import base_config
 from dream_jax.evaluation import registry
 
 
 def get_config():
-    c = common.get_base_config("B")
+    c = base_config.get_base_config("B")
     c.model.update(dict(
         scale="tiny",
         width=128, encoder_depth=3, decoder_depth=3, num_heads=4, mlp_dim=256,

@@ -137,8 +137,9 @@ def _first_line(error, limit=200):
     return lines[0][:limit] if lines else ""
 
 
-def restore_params(workdir, config, abstract_state, use_ema=True):
-    """Params (EMA by default) and BN stats of the newest checkpoint, for sampling, eval and export."""
+def restore_newest(workdir, config, abstract_state):
+    """(state, step) of the newest restorable checkpoint, for sampling, eval and export; FileNotFoundError if
+    there is none."""
     manager = Manager(workdir, config, read_only=True)
     if not manager.steps():
         raise FileNotFoundError(f"no checkpoint in {manager.directory}; train first (--mode=train)")
@@ -146,4 +147,4 @@ def restore_params(workdir, config, abstract_state, use_ema=True):
     manager.close()
     if state is None:
         raise FileNotFoundError(f"no restorable checkpoint in {manager.directory}")
-    return (state.ema_params if use_ema else state.params), state.batch_stats, step
+    return state, step

@@ -7,25 +7,25 @@ allocated. The report gives XLA's per-device memory (arguments, temporaries, out
 HBM), XLA's FLOPs against flops.py's analytic count, and whether the step fits (maxtext's train_compile).
 
 Pretrained shapes come from `text.t5_path` / `tokenizer.vae_path` when their config.json is there, else from
-T5-Large and sd-vae-ft-ema (the paper's), written to a temporary directory so the step traces unchanged.
+T5-Large and sd-vae-ft-ema (the paper's): the frozen components are built from module configs
+(runtime.abstract), no file is read while tracing.
 
 Dimension letters: B global batch, H/W image size, h/w latent size, C CLIP context, Lt cond length.
 """
 
-import dataclasses
-import json
 import os
 import re
-import tempfile
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dream_jax import flops, frontend, info, sharding, train
+from dream_jax import flops, info, pretrained, runtime, sharding, train
+from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
 from dream_jax.data import webdataset
+from dream_jax.models import t5 as t5_lib
 from dream_jax.models import vae as vae_lib
 
 GIB = 1 << 30
@@ -56,46 +56,25 @@ def topology_devices(name):
                          "expected e.g. v5e:16x16, v5p:4x4x4, v4:2x4x4") from e
 
 
-def _stand_in_dirs(config, directory):
-    """A copy of the config whose missing pretrained config.json files are T5-Large's / sd-vae-ft-ema's."""
-    config = config.copy_and_resolve_references()
+def module_configs(config):
+    """(T5Config, VaeConfig or None, notes): from `text.t5_path` / `tokenizer.vae_path` when their config.json is
+    there, else T5-Large's and sd-vae-ft-ema's (the paper's), so a pod's step compiles on a machine without them."""
     notes = []
-    if config.text.cond_encoder == "t5" and not os.path.isfile(os.path.join(config.text.t5_path, "config.json")):
-        path = os.path.join(directory, "t5")
-        _write_json(path, dict(model_type="t5", feed_forward_proj="relu", **info.T5_LARGE))
-        config.text.t5_path = path
+    if config.text.cond_encoder == "tiny_t5":
+        t5 = frozen_lib.tiny_t5_config(config)
+    elif os.path.isfile(os.path.join(config.text.t5_path, "config.json")):
+        t5 = pretrained.t5_config(config.text.t5_path)
+    else:
+        t5 = t5_lib.T5Config(**info.T5_LARGE)
         notes.append("T5-Large shapes (text.t5_path has no config.json)")
-    if config.tokenizer.kind == "vae" and not os.path.isfile(os.path.join(config.tokenizer.vae_path, "config.json")):
-        path = os.path.join(directory, "vae")
-        vae = dataclasses.asdict(vae_lib.VaeConfig())
-        blocks = len(vae["block_out_channels"])
-        _write_json(path, dict(_class_name="AutoencoderKL", act_fn="silu", **vae,
-                               down_block_types=["DownEncoderBlock2D"] * blocks,
-                               up_block_types=["UpDecoderBlock2D"] * blocks))
-        config.tokenizer.vae_path = path
-        notes.append("sd-vae-ft-ema shapes (tokenizer.vae_path has no config.json)")
-    return config, notes
-
-
-def _write_json(directory, content):
-    os.makedirs(directory)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(content, f)
-
-
-def abstract_frozen(config):
-    """ShapeDtypeStructs of frontend.load_frozen's pytree, from the modules' shapes (reads config.json files only)."""
-    key = jax.random.key(0)
-    ids = jnp.zeros((1, config.model.cond_len), jnp.int32)
-    cond = jax.eval_shape(lambda: frontend.cond_encoder(config).init(key, ids))
-    frozen = {"cond": cond}
+    vae = None
     if config.tokenizer.kind == "vae":
-        image = jnp.zeros((1, 8, 8, 3), jnp.float32)
-        frozen["vae"] = {"params": jax.eval_shape(lambda: frontend.vae(config).init(key, image))["params"]}
-    if config.tokenizer.pca_dim:
-        frozen["pca"] = jax.eval_shape(lambda: frontend.fit_pca(config))
-    frozen["empty_cond"] = jax.eval_shape(lambda c: frontend.cond_features(config, {"cond": c}, ids, ids)[0], cond)
-    return frozen
+        if os.path.isfile(os.path.join(config.tokenizer.vae_path, "config.json")):
+            vae = pretrained.vae_config(config.tokenizer.vae_path)
+        else:
+            vae = vae_lib.VaeConfig()
+            notes.append("sd-vae-ft-ema shapes (tokenizer.vae_path has no config.json)")
+    return t5, vae, notes
 
 
 def abstract_batch(config):
@@ -117,12 +96,7 @@ def abstract_batch(config):
     return batch
 
 
-def _with_shardings(tree, shardings):
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
-
-
-def _t5_shape(config):
-    t5 = frontend.cond_encoder(config).config
+def t5_shape(t5):
     return dict(d_model=t5.d_model, d_kv=t5.d_kv, num_heads=t5.num_heads, d_ff=t5.d_ff, num_layers=t5.num_layers,
                 gated=t5.is_gated)
 
@@ -131,24 +105,20 @@ def compile_stats(config):
     """Compiles the train step for `config.compile_topology`; returns a dict of the numbers compile_report prints."""
     train.validate_config(config)
     devices = topology_devices(config.compile_topology)
-    with tempfile.TemporaryDirectory() as directory:
-        config, notes = _stand_in_dirs(config, directory)
-        mesh = sharding.make_mesh(config, devices)
-        train.check_batch(config, mesh)
-        state = state_lib.abstract_state(config, mesh)
-        frozen = abstract_frozen(config)
-        frozen = _with_shardings(frozen, sharding.frozen_shardings(frozen, mesh))
-        batch = abstract_batch(config)
-        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, config, v.ndim))
-                 for k, v in batch.items()}
-        # The worst case: the encoder on all positions (plan (), what a step whose classes all need full capacity
-        # runs); steps at lower mask ratios compute and hold less (dream_jax/capacity.py).
-        config = train.with_plan(config, ())
-        step = train.jit_step(config, mesh, frozen, batch)
-        ratios = jax.ShapeDtypeStruct((config.masking.num_groups,), jnp.float32, sharding=sharding.replicated(mesh))
-        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-            lowered = step.lower(state, frozen, batch, ratios)
-        t5 = _t5_shape(config)
+    t5, vae, notes = module_configs(config)
+    mesh = sharding.make_mesh(config, devices)
+    train.check_batch(config, mesh)
+    rt = runtime.abstract(config, mesh, t5, vae)
+    state = state_lib.abstract_state(config, mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, config, v.ndim))
+             for k, v in abstract_batch(config).items()}
+    # The worst case: the encoder on all positions (plan (), what a step whose classes all need full capacity
+    # runs); steps at lower mask ratios compute and hold less (dream_jax/capacity.py).
+    step = train.jit_step(config, mesh, rt.frozen, batch, plan=())
+    ratios = jax.ShapeDtypeStruct((config.masking.num_groups,), jnp.float32, sharding=sharding.replicated(mesh))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+        lowered = step.lower(state, rt.frozen, batch, ratios)
+    t5 = t5_shape(t5)
     kind = devices[0].device_kind
     state_bytes = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
     stats = {

@@ -14,6 +14,8 @@ W head or tower width, T token dim, C CLIP context, P projection hidden, E embed
 
 import math
 
+from dream_jax import generate
+
 
 def _block(n, d, m, kv_len=None):
     """Forward FLOPs of a pre-LN block on n tokens: qkv + proj + MLP matmuls and the two attention products."""
@@ -80,11 +82,9 @@ def generation_flops(config, opts):
     the head's `sampling_steps` passes on generate.head_capacities' tokens, the decoder and head twice unless cfg = 1;
     SAD (K = num_candidates) runs steps [0, T_c) K times and encodes (at the capacity after T_c steps) and projects
     each candidate once to score it. PCA tokens with diffusion.clip_denoised decode and re-encode each head step's
-    x0 estimate (frontend.x0_constraint): 2 x 2 K P per token.
+    x0 estimate (tokens.x0_constraint): 2 x 2 K P per token.
     The text aligner, CLIP text tower and T5 run once per prompt and are not counted.
     """
-    from dream_jax import generate  # generate imports the model; flops.py stays light for its other callers
-
     length = config.model.seq_len
     k, tc = (opts.num_candidates, opts.sad_step) if opts.sad_step else (1, 0)
     branches = 1 if opts.cfg == 1.0 else 2

@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dream_jax import frontend, losses
+from dream_jax import frozen as frozen_lib
+from dream_jax import losses
+from dream_jax import tokens as tokens_lib
 from dream_jax.models import gaussian_diffusion
 from dream_jax.models.dream import DREAM
 
@@ -106,7 +108,7 @@ class _Context:
     text: jax.Array        # [N, Lt, D] aligned prompt
     empty_text: jax.Array  # [N, Lt, D] aligned empty prompt
     orders: jax.Array      # [N, L + C], padded with L (an out-of-range position: writes are dropped)
-    x0_constraint: object  # the head sampler's denoised_fn (frontend.x0_constraint), or None
+    x0_constraint: object  # the head sampler's denoised_fn (tokens.x0_constraint), or None
     candidates: int        # K: candidates per prompt, the rows of a prompt being consecutive
 
 
@@ -160,11 +162,9 @@ def segments(length, num_iter, first, last, buckets):
     return out
 
 
-def _with_encoder_capacity(model_config, capacity):
-    """The model config with one encoder class of `capacity` slots (() = all positions); same parameters."""
-    c = ml_collections.ConfigDict(model_config)
-    c.encoder_capacity = () if capacity >= c.seq_len else (capacity,)
-    return c
+def _encoder_with_capacity(model_config, capacity):
+    """DREAM whose encoder runs one class of `capacity` slots (all positions when capacity >= L)."""
+    return DREAM(model_config, capacity=() if capacity >= model_config.seq_len else (capacity,))
 
 
 def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
@@ -175,7 +175,7 @@ def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
     model = DREAM(config.model)
     length = tokens.shape[1]
     lens = jnp.asarray(mask_schedule(length, opts.num_iter))
-    encoder = DREAM(_with_encoder_capacity(config.model, encoder_capacity))
+    encoder = _encoder_with_capacity(config.model, encoder_capacity)
     x, _ = encoder.apply(ctx.variables, tokens, mask, method=DREAM.encode)
     z = model.apply(ctx.variables, x, mask, ctx.text, method=DREAM.decode)
     positions = jax.lax.dynamic_slice_in_dim(ctx.orders, lens[s + 1], capacity, axis=1)  # [N, C]
@@ -233,7 +233,7 @@ def sad_scores(config, variables, tokens, mask, text_emb, encoder_capacity=None)
 
     `encoder_capacity`: slots holding every sequence's decoded tokens (None = all positions)."""
     model = DREAM(config.model)
-    encoder = model if encoder_capacity is None else DREAM(_with_encoder_capacity(config.model, encoder_capacity))
+    encoder = model if encoder_capacity is None else _encoder_with_capacity(config.model, encoder_capacity)
     x, keep = encoder.apply(variables, tokens, mask, method=DREAM.encode)
     img = model.apply(variables, x, keep, method=DREAM.image_embedding)
     return jnp.sum(losses.l2_normalize(img) * losses.l2_normalize(text_emb), axis=-1)
@@ -250,14 +250,14 @@ def generate(config, opts, variables, frozen, clip_ids, cond_ids, cond_mask, rng
     batch, k = clip_ids.shape[0], opts.num_candidates
     length = m.seq_len
     pad = capacity(length, opts.num_iter)
-    cond = frontend.cond_features(config, frozen, cond_ids, cond_mask)
+    cond = frozen_lib.cond_features(config, frozen, cond_ids, cond_mask)
     text = model.apply(variables, cond, method=DREAM.align_text)
-    empty = model.apply(variables, frozen["empty_cond"][None], method=DREAM.align_text)
+    empty = model.apply(variables, frozen.empty_cond[None], method=DREAM.align_text)
     order_rng, steps_rng = jax.random.split(rng)
     orders = random_orders(order_rng, batch, length)
     orders = jnp.concatenate([orders, jnp.full((batch, pad), length, jnp.int32)], axis=1)
 
-    x0_constraint = frontend.x0_constraint(config, frozen)
+    x0_constraint = tokens_lib.x0_constraint(config, frozen)
 
     def context(n):
         return _Context(variables, _repeat(text, n), jnp.broadcast_to(empty, (batch * n,) + empty.shape[1:]),

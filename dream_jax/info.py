@@ -6,12 +6,12 @@ encoder and VAE are listed apart: they are not trained and not in the checkpoint
 
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from dream_jax import flops
+from dream_jax import frozen as frozen_lib
+from dream_jax import state as state_lib
 from dream_jax.models import t5 as t5_lib
 from dream_jax.models import vae as vae_lib
-from dream_jax.models.dream import DREAM
 
 # Parameter subtrees of DREAM per reported component.
 COMPONENTS = (
@@ -33,10 +33,7 @@ def _count(tree):
 
 def trainable_counts(config):
     """{component: parameter count} of DREAM at this config (eval_shape only)."""
-    from dream_jax.state import dummy_inputs
-
-    shapes = jax.eval_shape(lambda: DREAM(config.model).init(jax.random.key(0), *dummy_inputs(config)))
-    params = nn.unbox(shapes["params"])
+    params = state_lib.abstract_variables(config)["params"]
     counts = {name: sum(_count(params[k]) for k in keys) for name, keys in COMPONENTS}
     if sum(counts.values()) != _count(params):
         raise AssertionError("a DREAM parameter subtree is missing from info.COMPONENTS")
@@ -49,9 +46,7 @@ def frozen_counts(config):
     if config.text.cond_encoder == "t5":
         t5_config, name = t5_lib.T5Config(**T5_LARGE), "T5-Large encoder (frozen)"
     else:
-        from dream_jax import frontend
-
-        t5_config, name = frontend.tiny_t5_config(config), "tiny T5 encoder (frozen, random)"
+        t5_config, name = frozen_lib.tiny_t5_config(config), "tiny T5 encoder (frozen, random)"
     ids = jax.ShapeDtypeStruct((1, config.model.cond_len), jnp.int32)
     out[name] = _count(jax.eval_shape(lambda i: t5_lib.T5EncoderModel(t5_config).init(jax.random.key(0), i), ids))
     if config.tokenizer.kind == "vae":

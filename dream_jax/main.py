@@ -23,6 +23,10 @@ _EXPORT_PATH = flags.DEFINE_string("export_path", None, "export: the .pth to wri
                                    "WORKDIR/export/dream_step{S}.pth); the EMA .safetensors goes beside it.")
 _IMPORT_PATH = flags.DEFINE_string("import_path", None, "import: an authors'-layout .pth or .safetensors; "
                                    "written into the new WORKDIR as step 0.")
+_MOMENTS_DTYPE = flags.DEFINE_enum("moments_dtype", "float16", ["float16", "float32"],
+                                   "cache: storage dtype of the VAE moments.")
+_CACHE_BATCH = flags.DEFINE_integer("cache_batch_size", 64, "cache: images per VAE call (rounded up to a multiple "
+                                    "of the local devices).")
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed", None, "Call jax.distributed.initialize() (multi-process / multi-host runs). Default: yes when "
     "JAX_COORDINATOR_ADDRESS is set or the TPU / SLURM / Open MPI environment names several workers.")
@@ -95,9 +99,9 @@ def _run(config, mode, workdir):
     elif mode == "cache":  # --workdir is the cache's output directory
         import json
 
-        from dream_jax.data import latent_cache
+        from dream_jax import cache
 
-        print(json.dumps(latent_cache.write_cache(config, workdir)))
+        print(json.dumps(cache.write_cache(config, workdir, _CACHE_BATCH.value, _MOMENTS_DTYPE.value)))
 
 
 def _fail(message, code=2):

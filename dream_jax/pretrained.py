@@ -29,11 +29,11 @@ from dream_jax.models import vae as vae_lib
 
 VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 T5_WEIGHTS = "model.safetensors"
-_VAE_SOURCE = (
+VAE_SOURCE = (
     "Download stabilityai/sd-vae-ft-ema by hand from https://huggingface.co/stabilityai/sd-vae-ft-ema "
     f"(config.json and {VAE_WEIGHTS}) into that directory; dream_jax never downloads."
 )
-_T5_SOURCE = (
+T5_SOURCE = (
     "Download google-t5/t5-large by hand from https://huggingface.co/google-t5/t5-large "
     f"(config.json, {T5_WEIGHTS}, and spiece.model for the tokenizer) into that directory; "
     "dream_jax never downloads."
@@ -54,18 +54,18 @@ _NOT_LIST_INDICES = frozenset({"wi_0", "wi_1"})
 
 def vae_config(path: str) -> vae_lib.VaeConfig:
     """The VaeConfig of a diffusers AutoencoderKL directory (config.json only)."""
-    return vae_config_from_dict(_read_config(path, _VAE_SOURCE))
+    return vae_config_from_dict(_read_config(path, VAE_SOURCE))
 
 
 def t5_config(path: str) -> t5_lib.T5Config:
     """The T5Config of a transformers T5 directory (config.json only)."""
-    return t5_config_from_dict(_read_config(path, _T5_SOURCE))
+    return t5_config_from_dict(_read_config(path, T5_SOURCE))
 
 
 def load_vae(path: str) -> tuple[vae_lib.VaeConfig, dict]:
     """diffusers AutoencoderKL directory -> (VaeConfig, params)."""
     config = vae_config(path)
-    tensors = _open_safetensors(path, VAE_WEIGHTS, _VAE_SOURCE)
+    tensors = _open_safetensors(path, VAE_WEIGHTS, VAE_SOURCE)
     renamed = {_rename_legacy_vae_key(k): k for k in tensors.files}
     if len(renamed) != len(tensors.files):
         clashes = sorted(k for k in tensors.files if k not in renamed.values())
@@ -79,7 +79,7 @@ def load_vae(path: str) -> tuple[vae_lib.VaeConfig, dict]:
 def load_t5(path: str) -> tuple[t5_lib.T5Config, dict]:
     """transformers T5 directory -> (T5Config, params of the encoder and shared embedding)."""
     config = t5_config(path)
-    tensors = _open_safetensors(path, T5_WEIGHTS, _T5_SOURCE)
+    tensors = _open_safetensors(path, T5_WEIGHTS, T5_SOURCE)
     files = {k: f for k, f in tensors.files.items() if not k.startswith(_T5_UNUSED_PREFIXES)}
     names = {k: k for k in files}
     # The encoder's embed_tokens is tied to `shared`; a checkpoint may store either name or both.

@@ -77,6 +77,13 @@ def dummy_inputs(config, batch=1):
     )
 
 
+def abstract_variables(config):
+    """DREAM's {'params', 'batch_stats'} as ShapeDtypeStructs (unboxed; nothing allocated)."""
+    # The key is made inside the trace: a concrete one would start a backend (libtpu probes for a TPU) for shapes.
+    return jax.eval_shape(lambda: nn.unbox(DREAM(config.model).init({"params": jax.random.key(0)},
+                                                                     *dummy_inputs(config))))
+
+
 def _boxed_state(config, rng):
     variables = DREAM(config.model).init({"params": rng}, *dummy_inputs(config))
     params = variables["params"]

@@ -24,7 +24,9 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
 from dream_jax import checkpoint as checkpoint_lib
-from dream_jax import capacity, frontend, losses, masking, profiler, sharding
+from dream_jax import capacity, losses, masking, preflight, profiler, runtime, sharding
+from dream_jax import frozen as frozen_lib
+from dream_jax import tokens as tokens_lib
 from dream_jax import summary as summary_lib
 from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
                              state_shardings, total_steps)
@@ -74,18 +76,19 @@ def prepare_inputs(config, frozen, batch, rngs, step, ratios=None):
 
     `ratios`: the step's mask_ratios when drawn beforehand (the train loop); None draws them here.
     """
-    tokens = frontend.images_to_tokens(config, frozen, batch["image"], rngs["posterior"])
+    tokens = tokens_lib.images_to_tokens(config, frozen, batch["image"], rngs["posterior"])
     ratios = mask_ratios(config, step) if ratios is None else ratios
     mask = masking.random_masks(rngs["masks"], ratios, tokens.shape[0], tokens.shape[1])
-    cond = frontend.cond_features(config, frozen, batch["cond_ids"], batch["cond_mask"])
+    cond = frozen_lib.cond_features(config, frozen, batch["cond_ids"], batch["cond_mask"])
     drop = jax.random.bernoulli(rngs["caption_drop"], config.loss.text_drop_prob, (cond.shape[0],))
-    cond = jnp.where(drop[:, None, None], frozen["empty_cond"][None].astype(cond.dtype), cond)
+    cond = jnp.where(drop[:, None, None], frozen.empty_cond[None].astype(cond.dtype), cond)
     return tokens, mask, ratios, cond
 
 
-def loss_fn(params, batch_stats, config, frozen, batch, step, ratios=None):
-    """Total loss and metrics of one global batch; returns (loss, (metrics, new batch_stats))."""
-    model = DREAM(config.model)
+def loss_fn(params, batch_stats, config, frozen, batch, step, ratios=None, plan=()):
+    """Total loss and metrics of one global batch; returns (loss, (metrics, new batch_stats)). `plan`: the
+    encoder's capacity plan (dream_jax/capacity.py; () = all positions)."""
+    model = DREAM(config.model, capacity=plan)
     rngs = step_rngs(config, step)
     tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step, ratios)
     (img, txt, z, logit_scale), updates = model.apply(
@@ -161,7 +164,7 @@ def _slices(x, k, axis=0):
     return nn.with_logical_constraint(x, tuple(names))
 
 
-def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=None):
+def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=None, plan=()):
     """`jax.value_and_grad(loss_fn, has_aux=True)(...)`, computed over `config.grad_accum_steps` microbatches.
 
     Inputs and every random draw (masks, caption drop, posterior, diffusion t and noise) are made once for the
@@ -175,7 +178,7 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=N
     forward of the encoder and text tower; activation memory is that of one slice.
     """
     k, c = config.grad_accum_steps, config.loss
-    model = DREAM(config.model)
+    model = DREAM(config.model, capacity=plan)
     rngs = step_rngs(config, step)
     tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step, ratios)
     size, length = mask.shape
@@ -238,11 +241,12 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=N
 
 
 # --------------------------------------------------------------------------------------------- update step
-def train_step(config, state, frozen, batch, ratios):
-    """One optimiser step: grads, AdamW, EMA; returns (new state, metrics). `ratios`: mask_ratios of the step."""
+def train_step(config, plan, state, frozen, batch, ratios):
+    """One optimiser step: grads, AdamW, EMA; returns (new state, metrics). `plan`: the encoder's capacity plan,
+    `ratios`: mask_ratios of the step."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True) if config.grad_accum_steps == 1 else accumulated_grads
     (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, config, frozen, batch, state.step,
-                                                 ratios=ratios)
+                                                 ratios=ratios, plan=plan)
     tx = make_optimizer(config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -254,16 +258,10 @@ def train_step(config, state, frozen, batch, ratios):
     return TrainState(state.step + 1, params, batch_stats, opt_state, ema), metrics
 
 
-def with_plan(config, plan):
-    """A copy of the config whose encoder runs at the capacity plan (dream_jax/capacity.py; () = all positions)."""
-    config = config.copy_and_resolve_references()
-    config.model.encoder_capacity = tuple(plan)
-    return config
-
-
-def jit_step(config, mesh, frozen, example_batch):
+def jit_step(config, mesh, frozen, example_batch, plan=()):
     """train_step(state, frozen, batch, ratios [G]) under jax.jit with explicit in/out shardings (the state buffer
-    donated); not yet traced. Its encoder runs at config.model.encoder_capacity.
+    donated); not yet traced. Its encoder runs at the capacity plan `plan` (dream_jax/capacity.py; () = all
+    positions).
 
     `frozen` and `example_batch` may be arrays or ShapeDtypeStructs (--mode=compile lowers it without weights).
     Call or lower it inside `jax.set_mesh(mesh)` and the config's logical-axis rules.
@@ -271,7 +269,7 @@ def jit_step(config, mesh, frozen, example_batch):
     state_sh = state_shardings(config, mesh)
     frozen_sh = sharding.frozen_shardings(frozen, mesh)
     batch_sh = jax.tree.map(lambda x: sharding.batch_sharding(mesh, config, np.ndim(x)), example_batch)
-    return jax.jit(functools.partial(train_step, config),
+    return jax.jit(functools.partial(train_step, config, tuple(plan)),
                    in_shardings=(state_sh, frozen_sh, batch_sh, sharding.replicated(mesh)),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
 
@@ -296,7 +294,7 @@ def compile_step(config, mesh, frozen, example_batch):
         if new:
             jax.block_until_ready(state)  # the previous steps' time is theirs, not this compilation's
             start = time.monotonic()
-            steps[plan] = jit_step(with_plan(config, plan), mesh, frozen, example_batch)
+            steps[plan] = jit_step(config, mesh, frozen, example_batch, plan)
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
             out = steps[plan](state, frozen, batch, ratios)
         if new:
@@ -389,16 +387,15 @@ def train_and_evaluate(config, workdir):
     (evaluation/report.py) if this call ran the last step; returns the final state."""
     started = time.monotonic()
     validate_config(config)
-    frontend.check_files(config)
+    preflight.check_files(config)
     if config.get("eval_every", 0):
         eval_run.validate(config)  # a missing eval dataset or weights file fails now, not hours in
     report.validate(config)
     mesh = sharding.make_mesh(config)
     check_batch(config, mesh)
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = frontend.load_frozen(config, tokenizers)
-    frozen = jax.device_put(frozen, sharding.frozen_shardings(frozen, mesh))
-    data = iter(pipeline.make_dataset(config, tokenizers))
+    rt = runtime.create(config, mesh)
+    frozen = rt.frozen
+    data = iter(pipeline.make_dataset(config, rt.tokenizers))
 
     manager = checkpoint_lib.Manager(workdir, config)
     state, restored_step = manager.restore_latest(abstract_state(config, mesh), data)
@@ -442,7 +439,7 @@ def train_and_evaluate(config, workdir):
             if stop:
                 break
             start_eval = time.monotonic()
-            if eval_run.maybe_evaluate(config, workdir, step, state, mesh, frozen, tokenizers) is not None:
+            if eval_run.maybe_evaluate(rt, workdir, step, state) is not None:
                 progress.pause(time.monotonic() - start_eval)
             if not last:
                 batch = sharding.global_batch(next(data), mesh, config)
@@ -452,8 +449,8 @@ def train_and_evaluate(config, workdir):
         manager.close()
         writer.close()
     if finished:
-        report.run(config, workdir, eval_run.state_variables(state, config.sampling.use_ema), num_steps, mesh, frozen,
-                   tokenizers, time.monotonic() - started)
+        report.run(rt, workdir, runtime.state_variables(state, config.sampling.use_ema), num_steps,
+                   time.monotonic() - started)
     return state
 
 

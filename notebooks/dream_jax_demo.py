@@ -59,9 +59,10 @@ WORKDIR = "workdir/notebook"  # checkpoints, metrics.jsonl, TensorBoard events, 
 
 # %% [markdown]
 # ## Install
-# On Colab this installs `dream_jax` from the repository at a pinned tag, with every dependency pinned by the
-# package (`requirements.txt`), plus the TPU runtime (`libtpu`) or the CUDA build of the same `jax` version.
-# Anywhere else (a local Jupyter, the CI test) it does nothing: install the clone with `pip install -e .`.
+# On Colab this clones the repository at a pinned tag (its `configs/` are not part of the package) and installs
+# it with every dependency pinned by the package (`requirements.txt`), plus the TPU runtime (`libtpu`) or the
+# CUDA build of the same `jax` version. Anywhere else (a local Jupyter, the CI test) it does nothing: install the
+# clone with `pip install -e .`.
 
 # %%
 import importlib.metadata
@@ -72,6 +73,7 @@ import sys
 REPO_URL = "https://github.com/dream-jax/dream_jax"
 REPO_REF = "v0.1.0"  # the release tag of setup.py's version (a test keeps them equal)
 JAX_VERSION = "0.10.2"  # requirements.txt's pin; the CUDA build must be the same version
+CHECKOUT = "/content/dream_jax"  # Colab's clone
 
 
 def on_colab():
@@ -98,10 +100,12 @@ def accelerator(environ, exists):
     return "gpu" if exists("/dev/nvidia0") else "cpu"
 
 
-def install_commands(repo_url, ref, kind):
-    """pip commands for `kind`. torch is left alone: Colab's own copy serves the PyTorch export section."""
+def install_commands(repo_url, ref, kind, checkout):
+    """The clone and pip commands for `kind`. torch is left alone: Colab's own copy serves the PyTorch export
+    section."""
     extras = "[tpu]" if kind == "tpu" else ""
-    commands = [[sys.executable, "-m", "pip", "install", "-q", f"dream_jax{extras} @ git+{repo_url}@{ref}"]]
+    commands = [["git", "clone", "-q", "--depth", "1", "--branch", ref, repo_url, checkout],
+                [sys.executable, "-m", "pip", "install", "-q", "-e", f"{checkout}{extras}"]]
     if kind == "gpu":
         commands.append([sys.executable, "-m", "pip", "install", "-q", f"jax[cuda12]=={JAX_VERSION}"])
     return commands
@@ -112,8 +116,8 @@ if not on_colab():
 elif installed_version("dream_jax"):
     print(f"dream_jax {installed_version('dream_jax')} is already installed")
 else:
-    for command in install_commands(REPO_URL, REPO_REF, accelerator(os.environ, os.path.exists)):
-        print("$ pip install", command[-1])
+    for command in install_commands(REPO_URL, REPO_REF, accelerator(os.environ, os.path.exists), CHECKOUT):
+        print("$", " ".join(command))
         subprocess.run(command, check=True)
     stale = [name for name in ("numpy", "jax", "flax")
              if name in sys.modules and sys.modules[name].__version__ != installed_version(name)]
@@ -128,12 +132,27 @@ else:
 # The same code and config run on a multi-host pod; only `mesh.shape` changes.
 
 # %%
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import dream_tiny
-from dream_jax import sharding, train
+import dream_jax
+
+
+def checkout_root():
+    """The clone dream_jax is installed from (editable): it holds configs/, which the package does not ship."""
+    root = pathlib.Path(dream_jax.__file__).resolve().parents[1]
+    if not (root / "configs" / "dream_tiny.py").is_file():
+        raise FileNotFoundError(f"{root} has no configs/dream_tiny.py: install dream_jax from a clone "
+                                "(pip install -e CLONE) and restart the kernel")
+    return root
+
+
+sys.path.insert(0, str(checkout_root()))
+from configs import dream_tiny  # noqa: E402
+from dream_jax import sharding, train  # noqa: E402
 
 
 def notebook_config():
@@ -174,7 +193,8 @@ print(f"mesh {dict(mesh.shape)}: {config.batch_size // sharding.batch_divisor(me
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from dream_jax import frontend, masking
+from dream_jax import masking, runtime, sampler
+from dream_jax import tokens as tokens_lib
 from dream_jax.data import synthetic
 
 BOXES = {  # name: (x, y, text); the block diagram of one training step
@@ -207,15 +227,15 @@ def draw_diagram(ax):
 
 def masked_views(config, frozen, image, ratios, rng):
     """The image with ceil(64 r) random tokens blanked for each r: what the encoder sees (uint8 [R, H, W, 3])."""
-    tokens = frontend.images_to_tokens(config, frozen, image[None], rng)
+    tokens = tokens_lib.images_to_tokens(config, frozen, image[None], rng)
     ratios = jnp.asarray(ratios, jnp.float32)
     mask = masking.random_masks(rng, ratios, len(ratios), tokens.shape[1])
     views = jnp.where(mask[..., None], 0.0, tokens[0])  # 0 = mid grey: visible against the dark background
-    return np.asarray(frontend.tokens_to_images(config, frozen, views))
+    return np.asarray(tokens_lib.tokens_to_images(config, frozen, views))
 
 
-tokenizers = frontend.make_tokenizers(config)
-frozen = frontend.load_frozen(config, tokenizers)
+rt = runtime.create(config, mesh)  # the tokenizers and the frozen components (here the PCA patch projection)
+frozen = rt.frozen
 example = synthetic.CaptionedShapes("train", num_examples=8, image_size=config.tokenizer.image_size)[3]
 view_ratios = (0.0, 0.25, 0.5, 0.75, 0.95)
 views = masked_views(config, frozen, example["image"], view_ratios, jax.random.key(0))
@@ -363,20 +383,19 @@ plt.show()
 
 # %% [markdown]
 # ## Text-to-image, without and with SAD
-# `sample.sample_images` runs `generate.generate` (one `jax.jit`: random-order MAR decoding, classifier-free
+# `sampler.sample_images` runs `generate.generate` (one `jax.jit`: random-order MAR decoding, classifier-free
 # guidance, the diffusion head) from the EMA weights of the newest checkpoint. *Plain* decodes one image per
 # sample; *SAD* decodes `NUM_CANDIDATES` candidates until step `SAD_STEP`, scores each with DREAM's own
 # encoder against the prompt, and finishes the best. Titles: the chosen candidate's SAD score at T_c, and
 # (both rows) DREAM's cosine between the finished image and its prompt.
 
 # %% tags=["samples"]
-from dream_jax import generate, imaging, sample
+from dream_jax import generate, imaging
 from dream_jax.evaluation import interface, zero_shot
 
-variables, ckpt_step = sample.restore_variables(config, WORKDIR, mesh)
-frozen = jax.device_put(frozen, sharding.replicated(mesh))
-ctx = interface.make_context(config, WORKDIR, mesh, variables, frozen, tokenizers, ckpt_step, use_ema=True)
-prompts = sample.DEFAULT_PROMPTS["shapes"]
+variables, ckpt_step = runtime.restore_variables(rt, WORKDIR, use_ema=True)
+ctx = interface.make_context(rt, WORKDIR, variables, ckpt_step, use_ema=True)
+prompts = sampler.DEFAULT_PROMPTS["shapes"]
 
 
 def final_scores(images, prompts):
@@ -409,8 +428,8 @@ settings = {
 mean_final = {}
 for name, opts in settings.items():
     opts.validate(config.model.seq_len)
-    images, scores, chosen = sample.sample_images(config, variables, frozen, tokenizers, prompts,
-                                                  SAMPLES_PER_PROMPT, 0, opts, mesh, log=lambda _: None)
+    images, scores, chosen = sampler.sample_images(rt, variables, prompts, SAMPLES_PER_PROMPT, 0, opts,
+                                                   log=lambda _: None)
     final = final_scores(images, prompts)
     mean_final[name] = final.mean()
     imaging.save_png(imaging.grid(images, upscale=4), os.path.join(WORKDIR, "samples", f"notebook_{name}.png"))
@@ -467,7 +486,7 @@ def torch_embeddings(model, config, frozen, images, prompt_ids):
     """Normalised image [N, E] and class [K, E] embeddings from the PyTorch DREAM (nothing masked)."""
     import torch
 
-    tokens = torch.from_numpy(np.array(frontend.images_to_tokens(config, frozen, images, jax.random.key(0))))
+    tokens = torch.from_numpy(np.array(tokens_lib.images_to_tokens(config, frozen, images, jax.random.key(0))))
     with torch.no_grad():
         image = model.image_embedding(tokens, torch.zeros(tokens.shape[:2], dtype=torch.bool))
         text = model.encode_text(torch.from_numpy(np.asarray(prompt_ids)).long())
@@ -487,7 +506,7 @@ else:
     images = jnp.asarray(np.stack([it["image"] for it in items]))
     classes = synthetic.shape_color_classes()
     labels = [classes.index((int(it["shape"]), int(it["color"]))) for it in items]
-    prompt_ids = tokenizers.clip_ids([synthetic.shape_color_prompt(s, c) for s, c in classes])
+    prompt_ids = rt.tokenizers.clip_ids([synthetic.shape_color_prompt(s, c) for s, c in classes])
     torch_image, torch_text = torch_embeddings(torch_model, config, frozen, images, prompt_ids)
     jax_image = np.asarray(ctx.predict.image_embedding(images, jax.random.key(0)))
     jax_text = zero_shot.class_embeddings(ctx.predict, [[synthetic.shape_color_prompt(s, c)] for s, c in classes])

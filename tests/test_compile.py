@@ -71,16 +71,16 @@ def test_bad_topologies_are_user_errors():
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("scale", ["B", "L", "H", "G"])
 def test_scale_presets_shard_weights_as_configured(scale, scan):
-    # configs/common.py PARALLELISM on a v5e-256: FSDP over F chips, data parallel over the rest; every weight's
+    # configs/base_config.py PARALLELISM on a v5e-256: FSDP over F chips, data parallel over the rest; every weight's
     # `embed` axis splits F ways (abstract state only: nothing is allocated or compiled).
-    from configs import common
+    from dream_jax import base_config
 
-    config = common.get_base_config(scale)
+    config = base_config.get_base_config(scale)
     config.model.scan_layers = scan
-    fsdp = common.PARALLELISM[scale]["mesh"][1]
+    fsdp = base_config.PARALLELISM[scale]["mesh"][1]
     mesh = sharding.make_mesh(config, compile_lib.topology_devices("v5e:16x16"))
     assert dict(mesh.shape) == {"data": 256 // fsdp, "fsdp": fsdp, "tensor": 1}
-    assert config.model.remat == common.PARALLELISM[scale]["remat"]
+    assert config.model.remat == base_config.PARALLELISM[scale]["remat"]
     params = state_lib.abstract_state(config, mesh).params
     d, heads = config.model.width, config.model.num_heads
     # Scanned blocks: one stacked array per weight, its `layers` axis replicated, the rest as an unrolled block's.

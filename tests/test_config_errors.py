@@ -1,6 +1,6 @@
 """Bad config values raise one clear ValueError naming the value; every shipped config validates.
 
-Checked through `train.validate_config` (run before anything is built), `common.scale_config` and
+Checked through `train.validate_config` (run before anything is built), `base_config.scale_config` and
 `sharding.mesh_shape` / `sharding.make_mesh`.
 """
 
@@ -9,7 +9,8 @@ import importlib
 import jax
 import pytest
 
-from configs import common, dream_tiny
+from configs import dream_tiny
+from dream_jax import base_config
 from dream_jax import sharding, train
 
 
@@ -22,9 +23,9 @@ def test_shipped_configs_validate(name):
 @pytest.mark.parametrize("scale", ["X", "b", "XL", ""])
 def test_unknown_scale(scale):
     with pytest.raises(ValueError, match=rf"unknown scale '{scale}'.*\['B', 'G', 'H', 'L'\]"):
-        common.scale_config(scale)
+        base_config.scale_config(scale)
     with pytest.raises(ValueError, match="unknown scale"):
-        common.get_base_config(scale)
+        base_config.get_base_config(scale)
 
 
 def _bad(path, value, base=dream_tiny.get_config):
@@ -86,7 +87,7 @@ def test_min_above_max_ratio():
 def test_paper_scale_with_bad_tokenizer():
     # The 256-token VAE layout of the paper scales: a 512-px image would give 1024 tokens.
     with pytest.raises(ValueError, match=r"gives 1024 tokens of dim 16, but model\.seq_len=256"):
-        train.validate_config(_bad("tokenizer.image_size", 512, lambda: common.get_base_config("G")))
+        train.validate_config(_bad("tokenizer.image_size", 512, lambda: base_config.get_base_config("G")))
 
 
 @pytest.mark.parametrize("shape, devices, resolved", [

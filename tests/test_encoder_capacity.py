@@ -22,6 +22,8 @@ import test_grad_accum as ga
 import test_sharded_equivalence as se
 import train_helpers as th
 from dream_jax import capacity, masking, sharding, train
+from dream_jax import compile as compile_lib
+from dream_jax import frozen as frozen_lib
 from dream_jax.models.mae import Encoder, keep_mask
 
 
@@ -87,15 +89,15 @@ def _grads(shape, accum, planned):
     config.grad_accum_steps = accum
     devices = jax.devices()[:1] if shape == (1, 1, 1) else jax.devices()[:8]
     mesh = sharding.make_mesh(config, devices)
+    plan = ()
     if planned:
         ratios = np.asarray(train.mask_ratios(config, se.STEP))
         plan = capacity.plan(config, ratios, sharding.batch_divisor(mesh, config))
         assert plan and min(plan) < config.model.seq_len, plan
-        config = train.with_plan(config, plan)
     grad_fn = jax.value_and_grad(train.loss_fn, has_aux=True) if accum == 1 else train.accumulated_grads
 
     def fn(params, batch_stats, frozen, batch, step):
-        return grad_fn(params, batch_stats, config, frozen, batch, step)
+        return grad_fn(params, batch_stats, config, frozen, batch, step, plan=plan)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
         (loss, (metrics, stats)), grads = jax.jit(fn)(*ga._args(config, mesh))
@@ -121,15 +123,14 @@ def _step_flops(ratio, encoder_depth):
                             model__encoder_classes=2, model__encoder_buckets=4)
     mesh = sharding.make_mesh(config, jax.devices()[:1])
     ratios = np.asarray(train.mask_ratios(config, 0))
-    config = train.with_plan(config, capacity.plan(config, ratios, 1))
-    from dream_jax import compile as compile_lib
+    plan = capacity.plan(config, ratios, 1)
     state = train.abstract_state(config, mesh)
-    frozen = compile_lib.abstract_frozen(config)
+    frozen = frozen_lib.abstract(config, frozen_lib.tiny_t5_config(config), None)
     batch = compile_lib.abstract_batch(config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-        compiled = train.jit_step(config, mesh, frozen, batch).lower(state, frozen, batch, ratios).compile()
+        compiled = train.jit_step(config, mesh, frozen, batch, plan).lower(state, frozen, batch, ratios).compile()
     cost = compiled.cost_analysis()
-    return config.model.encoder_capacity, float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+    return plan, float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
 
 
 def test_encoder_flops_follow_the_visible_tokens():

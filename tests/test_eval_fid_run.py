@@ -13,7 +13,7 @@ import torch
 
 import inception_reference
 import train_helpers as th
-from dream_jax import frontend, sharding, state
+from dream_jax import runtime, sharding, state
 from dream_jax.evaluation import fid, interface, registry, run
 
 
@@ -31,11 +31,10 @@ def test_fid_evaluator_generates_scores_and_caches_the_reference(tmp_path, capsy
     mesh = sharding.make_mesh(config, jax.devices()[:1])  # one device: the 8 fake ones would split 2 cores
     st = state.create_state(config, mesh)
     variables = {"params": st.params, "batch_stats": st.batch_stats}
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = frontend.load_frozen(config, tokenizers)
+    rt = runtime.create(config, mesh)
     workdir = str(tmp_path / "run")
 
-    metrics = run.evaluate_variables(config, workdir, variables, 0, mesh, frozen, tokenizers, use_ema=False)
+    metrics = run.evaluate_variables(rt, workdir, variables, 0, use_ema=False)
     assert set(metrics) == {"fid/fid", "fid/num_samples", "fid/inception_score", "fid/inception_score_std"}
     assert metrics["fid/num_samples"] == 8 and np.isfinite(metrics["fid/fid"]) and metrics["fid/fid"] > 0
     assert metrics["fid/inception_score"] >= 1.0
@@ -46,7 +45,7 @@ def test_fid_evaluator_generates_scores_and_caches_the_reference(tmp_path, capsy
 
     # The cached reference statistics are read back instead of running Inception on the reference again.
     logged = []
-    ctx = interface.make_context(config, workdir, mesh, variables, frozen, tokenizers, 0, False, logged.append)
+    ctx = interface.make_context(rt, workdir, variables, 0, False, logged.append)
     name, settings = registry.enabled(config)[0]
     mu, sigma = fid.reference_statistics(ctx, name, settings, None)
     assert logged == [] and mu.shape == (2048,) and sigma.shape == (2048, 2048)

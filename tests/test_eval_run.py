@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 import train_helpers as th
-from dream_jax import checkpoint, frontend, sharding, state
+from dream_jax import checkpoint, runtime, sharding, state
 from dream_jax.evaluation import registry, run, shape_classifier
 
 
@@ -138,18 +138,17 @@ def test_periodic_evaluation_runs_every_n_steps(trained):
     manager = checkpoint.Manager(workdir, config, read_only=True)
     st = manager.restore(STEPS, state.abstract_state(config, mesh))
     manager.close()
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = frontend.load_frozen(config, tokenizers)
+    rt = runtime.create(config, mesh)
     config.eval_every = 0
-    assert run.maybe_evaluate(config, workdir, STEPS, st, mesh, frozen, tokenizers) is None
+    assert run.maybe_evaluate(rt, workdir, STEPS, st) is None
     config.eval_every = 8
-    assert run.maybe_evaluate(config, workdir, STEPS, st, mesh, frozen, tokenizers) is None
+    assert run.maybe_evaluate(rt, workdir, STEPS, st) is None
     config.eval_every = 10
-    metrics = run.maybe_evaluate(config, workdir, STEPS, st, mesh, frozen, tokenizers)
+    metrics = run.maybe_evaluate(rt, workdir, STEPS, st)
     assert set(metrics) == {"zero_shot/top1", "zero_shot/top5", "zero_shot/chance"}
     # EMA weights by default, as --mode=eval: the same number from the in-memory state and from the checkpoint.
     variables = {"params": st.ema_params, "batch_stats": st.batch_stats}
-    direct = run.evaluate_variables(config, workdir, variables, STEPS, mesh, frozen, tokenizers)
+    direct = run.evaluate_variables(rt, workdir, variables, STEPS)
     assert direct == metrics
 
 

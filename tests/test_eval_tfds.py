@@ -90,15 +90,14 @@ def test_zero_shot_and_linear_probe_run_on_a_tfds_dataset(tmp_path):
     import jax
 
     import train_helpers as th
-    from dream_jax import frontend, sharding, state
+    from dream_jax import runtime, sharding, state
     from dream_jax.evaluation import interface, linear_probe, zero_shot
 
     config = th.tiny_config()
     mesh = sharding.make_mesh(config, jax.devices()[:1])
     st = state.create_state(config, mesh)
-    tokenizers = frontend.make_tokenizers(config)
-    ctx = interface.make_context(config, str(tmp_path), mesh, {"params": st.params, "batch_stats": st.batch_stats},
-                                 frontend.load_frozen(config, tokenizers), tokenizers, 0, True, lambda _: None)
+    ctx = interface.make_context(runtime.create(config, mesh), str(tmp_path),
+                                 {"params": st.params, "batch_stats": st.batch_stats}, 0, True, lambda _: None)
     zs = ml_collections.ConfigDict(registry.settings("zero_shot", dataset="dtd", split="test", batch_size=16))
     lp = ml_collections.ConfigDict(registry.settings("linear_probe", dataset="dtd", train_split="train",
                                                      test_split="test", steps=20, batch_size=16))

@@ -20,8 +20,10 @@ import official_layout
 import train_helpers as th
 
 from configs import dream_b, dream_g, dream_h, dream_l
-from dream_jax import checkpoint, frontend, losses, masking, sharding, train
+from dream_jax import checkpoint, losses, masking, sharding, train
+from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
+from dream_jax.data import tokenizers as tokenizers_lib
 from dream_jax.data import pipeline
 from dream_jax.export import layout, to_pytorch
 from dream_jax.export import torch_modules as tm
@@ -43,7 +45,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def variables(config):
-    return th.random_like(to_pytorch.abstract_variables(config), 0)
+    return th.random_like(state_lib.abstract_variables(config), 0)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_workdir_export_then_import_is_bitwise(tmp_path):
     with pytest.raises(ValueError, match="already has checkpoints"):
         to_pytorch.import_to_workdir(config, str(tmp_path / "b"), path, mesh=mesh)
     # Restored exactly as the train loop does (with the data iterator), at step 0.
-    data = iter(pipeline.make_dataset(config, frontend.make_tokenizers(config)))
+    data = iter(pipeline.make_dataset(config, tokenizers_lib.make_tokenizers(config)))
     manager = checkpoint.Manager(str(tmp_path / "b"), config, read_only=True)
     restored, step = manager.restore_latest(abstract, data)
     manager.close()
@@ -121,7 +123,7 @@ def test_workdir_export_then_import_is_bitwise(tmp_path):
 @pytest.mark.parametrize("scale,module", [("B", dream_b), ("L", dream_l), ("H", dream_h), ("G", dream_g)])
 def test_key_set_and_shapes_match_official_layout(scale, module):
     config = module.get_config()
-    shapes = layout.torch_shapes(to_pytorch.table(config), to_pytorch.abstract_variables(config))
+    shapes = layout.torch_shapes(to_pytorch.table(config), state_lib.abstract_variables(config))
     expected = official_layout.expand(official_layout.templates(), scale)
     assert len(shapes) == 32 * config.model.encoder_depth + 297 == len(expected)
     assert list(shapes.items()) == expected
@@ -207,7 +209,7 @@ def test_training_loss_agrees(config, variables, torch_model):
     # A step whose group ratios give filtered clip samples, gated-off and active diffusion groups at once.
     step = next(s for s in range(200) if _mixed(masking.sample_mask_ratios(train.step_rngs(config, s)["ratios"],
                                                                             s, config)))
-    tokenizers = frontend.make_tokenizers(config)
+    tokenizers = tokenizers_lib.make_tokenizers(config)
     rng = np.random.default_rng(8)
     captions = [f"caption number {i}" for i in range(config.batch_size)]
     cond_ids, cond_mask = tokenizers.cond_ids(captions)
@@ -216,7 +218,7 @@ def test_training_loss_agrees(config, variables, torch_model):
 
     @jax.jit  # one compilation of everything (op-by-op dispatch compiles hundreds of small programs)
     def jax_side(params, batch_stats, batch):
-        frozen = frontend.load_frozen(config, tokenizers)
+        frozen = frozen_lib.load(config, tokenizers)
         total, (metrics, _) = train.loss_fn(params, batch_stats, config, frozen, batch, step)
         rngs = train.step_rngs(config, step)
         tokens, mask, _, cond = train.prepare_inputs(config, frozen, batch, rngs, step)

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import flops, frontend, generate, state
+from dream_jax import flops, generate, state
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import frozen as frozen_lib
+from dream_jax import tokens as tokens_lib
 
 
 def small_config():
@@ -37,8 +40,8 @@ def setup():
     params = dict(st.params)
     params["diffloss_net"] = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(p.size), p.shape),
                                           st.params["diffloss_net"])
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = frontend.load_frozen(config, tokenizers)
+    tokenizers = tokenizers_lib.make_tokenizers(config)
+    frozen = frozen_lib.load(config, tokenizers)
     prompts = ["a red circle", "a large blue square in the center", "a small green cross"]
     clip_ids = jnp.asarray(tokenizers.clip_ids(prompts))
     cond_ids, cond_mask = map(jnp.asarray, tokenizers.cond_ids(prompts))
@@ -164,7 +167,7 @@ def test_cfg_one_is_the_conditional_branch(setup):
     one = dataclasses.replace(OPTS, cfg=1.0)
     base, _, _ = run(setup, one)
     # Make the unconditional prompt equal to prompt 0: then any guidance scale returns prompt 0's branch.
-    same = dict(frozen, empty_cond=frontend.cond_features(config, frozen, cond_ids[:1], cond_mask[:1])[0])
+    same = frozen.replace(empty_cond=frozen_lib.cond_features(config, frozen, cond_ids[:1], cond_mask[:1])[0])
     guided, _, _ = run(setup, dataclasses.replace(OPTS, cfg=4.0), frozen=same)
     np.testing.assert_allclose(np.asarray(guided)[0], np.asarray(base)[0], rtol=1e-3, atol=1e-3)
     assert not np.allclose(np.asarray(guided)[1], np.asarray(base)[1], rtol=1e-2, atol=1e-2)
@@ -184,10 +187,10 @@ def test_sad_choice_is_the_argmax_of_a_per_candidate_reference(setup):
     cap = generate.capacity(length, opts.num_iter)
     orders = generate.random_orders(order_rng, b, length)
     orders = jnp.concatenate([orders, jnp.full((b, cap), length, jnp.int32)], axis=1)
-    text = model.apply(variables, frontend.cond_features(fc, frozen, cond_ids, cond_mask), method=DREAM.align_text)
-    empty = model.apply(variables, frozen["empty_cond"][None], method=DREAM.align_text)
+    text = model.apply(variables, frozen_lib.cond_features(fc, frozen, cond_ids, cond_mask), method=DREAM.align_text)
+    empty = model.apply(variables, frozen.empty_cond[None], method=DREAM.align_text)
     ctx = generate._Context(variables, jnp.repeat(text, k, 0), jnp.broadcast_to(empty, (b * k,) + empty.shape[1:]),
-                            jnp.repeat(orders, k, 0), frontend.x0_constraint(fc, frozen), k)
+                            jnp.repeat(orders, k, 0), tokens_lib.x0_constraint(fc, frozen), k)
     tokens = jnp.zeros((b * k, length, config.model.token_dim))
     mask = jnp.ones((b * k, length), bool)
     tokens, mask = generate._run_steps(fc, opts, ctx, steps_rng, 0, tc, tokens, mask)

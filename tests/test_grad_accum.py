@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 import test_sharded_equivalence as se
-from dream_jax import frontend, sharding, train
+from dream_jax import sharding, train
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
 
 
 def _args(config, mesh):
-    frozen = jax.device_put(frontend.load_frozen(config, frontend.make_tokenizers(config)), sharding.replicated(mesh))
+    frozen = jax.device_put(frozen_lib.load(config, tokenizers_lib.make_tokenizers(config)), sharding.replicated(mesh))
     state = state_lib.create_state(config, mesh)
     batch = sharding.global_batch(se._batch(config), mesh, config)
     return (se._perturbed(state.params), state.batch_stats, frozen, batch, np.int32(se.STEP))

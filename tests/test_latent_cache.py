@@ -15,8 +15,12 @@ import pytest
 
 import data_helpers as dh
 import train_helpers as th
-from dream_jax import frontend, sharding, train
+from dream_jax import cache as cache_job
+from dream_jax import frozen as frozen_lib
+from dream_jax import sharding, train
+from dream_jax import tokens as tokens_lib
 from dream_jax.data import latent_cache, pipeline, webdataset
+from dream_jax.data import tokenizers as tokenizers_lib
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def _config(shards, vae_path, **extra):
 def cache(files):
     root, shards, vae_path = files
     output = str(root / "latents")
-    totals = latent_cache.write_cache(_config(shards, vae_path), output, batch_size=4, num_threads=2)
+    totals = cache_job.write_cache(_config(shards, vae_path), output, batch_size=4, num_threads=2)
     return output, totals
 
 
@@ -74,7 +78,7 @@ def test_writer_encodes_crop_and_flip_and_counts_bad_samples(files, cache):
     assert [r["caption"] for r in records] == [f"a photo number {i}" for i in dh.good_indices()]
 
     config = _config(shards, vae_path)
-    tokenizers = frontend.make_tokenizers(config)
+    tokenizers = tokenizers_lib.make_tokenizers(config)
     captions = [r["caption"] for r in records]
     np.testing.assert_array_equal(np.stack([r["clip_ids"] for r in records]), tokenizers.clip_ids(captions))
     np.testing.assert_array_equal(np.stack([r["cond_ids"] for r in records]), tokenizers.cond_ids(captions)[0])
@@ -88,7 +92,7 @@ def test_writer_encodes_crop_and_flip_and_counts_bad_samples(files, cache):
 
     cfg, params = pretrained.load_vae(vae_path)
     model = vae_lib.AutoencoderKL(cfg)
-    encode = jax.jit(lambda x: model.apply({"params": params}, frontend.normalize(x), method="encode"))
+    encode = jax.jit(lambda x: model.apply({"params": params}, tokens_lib.normalize(x), method="encode"))
     for row, images in ((0, crops), (1, crops[:, :, ::-1])):
         mean, logvar = (np.asarray(a) for a in encode(images))
         stored = np.stack([r["moments"][row] for r in records])
@@ -96,7 +100,7 @@ def test_writer_encodes_crop_and_flip_and_counts_bad_samples(files, cache):
         np.testing.assert_allclose(stored.astype(np.float32), np.concatenate([mean, logvar], -1), rtol=2e-3,
                                    atol=2e-3)
     # A finished shard is never written again; a config the cache was not made for is refused.
-    assert latent_cache.write_cache(config, output, batch_size=4)["shards"] == 0
+    assert cache_job.write_cache(config, output, batch_size=4)["shards"] == 0
     with pytest.raises(ValueError, match=r"cond_len: cache 16, config 32"):
         latent_cache.check_matches(_config(shards, vae_path, model__cond_len=32), output)
 
@@ -107,7 +111,7 @@ def test_training_reads_what_was_written(files, cache):
     records = _records(output)
     by_moments = {r["moments"][row].tobytes(): (r, row) for r in records for row in (0, 1)}
     config = _config(output, vae_path, data__source="latents", batch_size=2)
-    batches = list(pipeline.make_dataset(config, frontend.make_tokenizers(config), process_index=0, process_count=1,
+    batches = list(pipeline.make_dataset(config, tokenizers_lib.make_tokenizers(config), process_index=0, process_count=1,
                                          num_epochs=1))
     seen, rows = [], set()
     for b in batches:
@@ -126,8 +130,8 @@ def test_training_reads_what_was_written(files, cache):
 def _one_step(config):
     """One jitted train step on one device (as train_and_evaluate runs it): (metrics, tokens of the batch)."""
     mesh = sharding.make_mesh(config, jax.devices()[:1])
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+    tokenizers = tokenizers_lib.make_tokenizers(config)
+    frozen = jax.device_put(frozen_lib.load(config, tokenizers), sharding.replicated(mesh))
     batch = next(iter(pipeline.make_dataset(config, tokenizers, process_index=0, process_count=1)))
     batch = sharding.global_batch(batch, mesh, config)
     state = train.create_state(config, mesh)
@@ -150,8 +154,8 @@ def test_cached_moments_become_tokens_as_pixels_do(files, cache):
     mean, logvar = rs.standard_normal((2, 2, 4, 4, 4)).astype(np.float32)
     moments = np.concatenate([mean, logvar], -1).astype(np.float16)
     rng = jax.random.key(0)
-    tokens = frontend.images_to_tokens(config, {}, jnp.asarray(moments), rng)
+    tokens = tokens_lib.images_to_tokens(config, None, jnp.asarray(moments), rng)
     mean, logvar = np.split(moments.astype(np.float32), 2, -1)
-    expected = frontend.moments_to_tokens(config, jnp.asarray(mean), jnp.asarray(logvar), rng)
+    expected = tokens_lib.moments_to_tokens(config, jnp.asarray(mean), jnp.asarray(logvar), rng)
     assert tokens.shape == (2, 16, 4)
     np.testing.assert_array_equal(tokens, expected)

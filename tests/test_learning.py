@@ -17,7 +17,7 @@ from PIL import Image
 
 import train_helpers as th
 from configs import dream_tiny
-from dream_jax import frontend, sample, sharding, state
+from dream_jax import runtime, sampler, sharding, state
 from dream_jax.data import oracle, synthetic
 from dream_jax.evaluation import interface, zero_shot
 
@@ -61,9 +61,7 @@ def _sample(trained, tmp_path, prompts, num_samples, seed):
 
 
 def _zero_shot(config, variables):
-    tokenizers = frontend.make_tokenizers(config)
-    frozen = frontend.load_frozen(config, tokenizers)
-    ctx = interface.make_context(config, "", sharding.make_mesh(config), variables, frozen, tokenizers, 0, False)
+    ctx = interface.make_context(runtime.create(config), "", variables, 0, False)
     return zero_shot.shapes_task(ctx, num_images=256)
 
 
@@ -76,8 +74,7 @@ def test_random_model_is_near_chance():
 
 def test_trained_model_zero_shot_is_far_above_chance(trained):
     config, workdir = trained[:2]
-    mesh = sharding.make_mesh(config)
-    variables, step = sample.restore_variables(config, workdir, mesh)
+    variables, step = runtime.restore_variables(runtime.create(config), workdir, config.sampling.use_ema)
     assert step == STEPS
     result = _zero_shot(config, variables)
     print("zero-shot", result)
@@ -106,7 +103,7 @@ def test_training_ends_with_the_report(trained):
     for mode in ("plain", "sad"):
         assert {f"alignment/{mode}/oracle_{a}" for a in ("shape", "color", "position", "shape_color")} <= set(metrics)
     cells = th.grid_cells(np.asarray(Image.open(os.path.join(workdir, "samples", f"grid_step{STEPS}_seed0.png"))
-                                     .convert("RGB")), rows=len(sample.DEFAULT_PROMPTS["shapes"]),
+                                     .convert("RGB")), rows=len(sampler.DEFAULT_PROMPTS["shapes"]),
                           cols=config.final_samples, size=config.tokenizer.image_size)
     assert cells.std() > 1
     assert f"summary after {STEPS} steps" in out and "samples matching the prompt, plain / sad" in out

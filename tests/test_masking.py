@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs import common
+from dream_jax import base_config
 from dream_jax import masking
 
 N = 50_000
@@ -22,7 +22,7 @@ STEPS_PER_EPOCH = 100
 
 
 def _config(kind="warmup", groups=N, **overrides):
-    config = common.get_base_config("B")
+    config = base_config.get_base_config("B")
     config.steps_per_epoch = STEPS_PER_EPOCH
     config.masking.kind = kind
     config.masking.num_groups = groups

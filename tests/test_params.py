@@ -14,7 +14,8 @@ import math
 import jax
 import pytest
 
-from configs import common, dream_tiny
+from configs import dream_tiny
+from dream_jax import base_config
 from dream_jax import state as state_lib
 from dream_jax.models.dream import DREAM
 
@@ -71,12 +72,12 @@ def model_count(config):
 
 @functools.cache
 def _scale_count(scale):
-    return model_count(common.get_base_config(scale))
+    return model_count(base_config.get_base_config(scale))
 
 
 @pytest.mark.parametrize("scale", ["B", "L", "H", "G"])
 def test_scale_count_matches_closed_form_and_authors(scale):
-    config = common.get_base_config(scale)
+    config = base_config.get_base_config(scale)
     n = _scale_count(scale)
     assert n == closed_form(config.model)
     assert round(n / 1e6, 2) == OFFICIAL_M[scale]
@@ -92,7 +93,7 @@ def test_scales_match_paper_table():
     paper = {"B": (768, 12, 12, 12, 3072), "L": (1024, 16, 16, 16, 4096), "H": (1280, 20, 20, 16, 5120),
              "G": (1664, 24, 24, 16, 8192)}
     for scale, (w, enc, dec, heads, mlp) in paper.items():
-        m = common.get_base_config(scale).model
+        m = base_config.get_base_config(scale).model
         assert (m.width, m.encoder_depth, m.decoder_depth, m.num_heads, m.mlp_dim) == (w, enc, dec, heads, mlp)
 
 

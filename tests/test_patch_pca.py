@@ -4,12 +4,16 @@ reads every attribute back from the embedded shapes after an encode/decode round
 Dimension letters: N patches, P patch features, K components.
 """
 
+import types
+
 import jax
 import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import frontend, train
+from dream_jax import train
+from dream_jax import frozen as frozen_lib
+from dream_jax import tokens as tokens_lib
 from dream_jax.data import oracle, synthetic
 from dream_jax.models import patch_pca
 
@@ -51,16 +55,21 @@ def _pca_config(patch, dim):
     return c
 
 
+def _pca_only(config):
+    """The frozen components as far as the pixel tokenizer reads them (no text encoder needed here)."""
+    return types.SimpleNamespace(pca=frozen_lib.fit_pca(config))
+
+
 def test_oracle_reads_round_tripped_shapes():
     config = _pca_config(8, 32)
     train.validate_config(config)
-    frozen = {"pca": frontend.fit_pca(config)}
+    frozen = _pca_only(config)
     source = synthetic.CaptionedShapes("heldout", num_examples=128, seed=5)
     items = [source[i] for i in range(128)]
     images = np.stack([it["image"] for it in items])
-    tokens = frontend.images_to_tokens(config, frozen, images, jax.random.key(0))
+    tokens = tokens_lib.images_to_tokens(config, frozen, images, jax.random.key(0))
     assert tokens.shape == (128, 16, 32)
-    back = np.asarray(frontend.tokens_to_images(config, frozen, tokens))
+    back = np.asarray(tokens_lib.tokens_to_images(config, frozen, tokens))
     rates = oracle.alignment(back, {a: np.array([it[a] for it in items]) for a in synthetic.ATTRIBUTES})
     assert rates["all"] >= 0.97, rates
 
@@ -82,11 +91,11 @@ def test_x0_constraint_bounds_the_decoded_pixels():
     coefficients instead would distort them: the control); raw pixel tokens are clipped as IDDPM does; without
     clip_denoised there is no constraint."""
     config = _pca_config(8, 32)
-    frozen = {"pca": frontend.fit_pca(config)}
+    frozen = _pca_only(config)
     images = np.stack([synthetic.CaptionedShapes("train", num_examples=16, seed=1)[i]["image"] for i in range(16)])
-    tokens = frontend.images_to_tokens(config, frozen, images, jax.random.key(0)).reshape(-1, 32)
-    constrain = frontend.x0_constraint(config, frozen)
-    decode = lambda t: np.asarray(patch_pca.decode(frozen["pca"], t))  # noqa: E731
+    tokens = tokens_lib.images_to_tokens(config, frozen, images, jax.random.key(0)).reshape(-1, 32)
+    constrain = tokens_lib.x0_constraint(config, frozen)
+    decode = lambda t: np.asarray(patch_pca.decode(frozen.pca, t))  # noqa: E731
     excess = lambda t: np.abs(decode(t) - np.clip(decode(t), -1, 1)).mean()  # noqa: E731
     wild = 6.0 * tokens
     assert excess(wild) > 0.5 and excess(constrain(wild)) < 0.02
@@ -94,6 +103,6 @@ def test_x0_constraint_bounds_the_decoded_pixels():
     assert np.abs(decode(np.clip(tokens, -1, 1)) - decode(tokens)).mean() > 0.05
     raw = _pca_config(8, 32)
     raw.tokenizer.pca_dim = 0
-    np.testing.assert_array_equal(frontend.x0_constraint(raw, {})(np.array([-3.0, 0.5, 2.0])), [-1.0, 0.5, 1.0])
+    np.testing.assert_array_equal(tokens_lib.x0_constraint(raw, None)(np.array([-3.0, 0.5, 2.0])), [-1.0, 0.5, 1.0])
     config.diffusion.clip_denoised = False
-    assert frontend.x0_constraint(config, frozen) is None
+    assert tokens_lib.x0_constraint(config, frozen) is None

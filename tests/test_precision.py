@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from dream_jax import frontend, sharding, train
+from dream_jax import sharding, train
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import frozen as frozen_lib
 from dream_jax.models import precision
 from dream_jax.state import abstract_state
 
 
 def _setup(name):
     config = th.tiny_config(model__precision=name)
-    tokenizers = frontend.make_tokenizers(config)
+    tokenizers = tokenizers_lib.make_tokenizers(config)
     captions = [f"a red circle number {i}" for i in range(config.batch_size)]
     cond_ids, cond_mask = tokenizers.cond_ids(captions)
     image = np.random.default_rng(0).integers(0, 256, (config.batch_size, 32, 32, 3)).astype(np.uint8)
@@ -36,12 +38,12 @@ def _setup(name):
 
 
 def _step(config, tokenizers, state, batch):
-    frozen = frontend.load_frozen(config, tokenizers)
-    return train.train_step(config, state, frozen, batch, train.mask_ratios(config, state.step))
+    frozen = frozen_lib.load(config, tokenizers)
+    return train.train_step(config, (), state, frozen, batch, train.mask_ratios(config, state.step))
 
 
 def _loss(config, tokenizers, params, batch_stats, batch):
-    frozen = frontend.load_frozen(config, tokenizers)
+    frozen = frozen_lib.load(config, tokenizers)
     return train.loss_fn(params, batch_stats, config, frozen, batch, 0)[1][0]
 
 

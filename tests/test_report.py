@@ -3,6 +3,7 @@
 import pytest
 
 from configs import dream_tiny
+from dream_jax import runtime
 from dream_jax.evaluation import report
 
 METRICS = {"zero_shot/top1": 0.98, "zero_shot/top5": 1.0, "zero_shot/chance": 1 / 28,
@@ -45,5 +46,5 @@ def test_bad_report_settings_raise_one_clear_error(field, value, message):
 def test_nothing_to_report_does_nothing(capsys):
     config = dream_tiny.get_config()
     config.final_samples, config.final_evals = 0, ()
-    assert report.run(config, "unused", None, 1, None, None, None, 1.0) == ({}, None)
+    assert report.run(runtime.Runtime(config, None, None, None), "unused", None, 1, 1.0) == ({}, None)
     assert capsys.readouterr().out == ""

@@ -16,6 +16,7 @@ import pytest
 
 import train_helpers as th
 
+from dream_jax import state as state_lib
 from dream_jax.export import layout, to_pytorch
 from dream_jax.models.dream import DREAM
 
@@ -26,8 +27,7 @@ CAPACITY = (12, 4)
 
 def _config(scan, remat="none"):
     return th.tiny_config(model__encoder_depth=2, model__decoder_depth=2, model__aligner_depth=2,
-                          model__text_tower__depth=2, model__scan_layers=scan, model__remat=remat,
-                          model__encoder_capacity=CAPACITY)
+                          model__text_tower__depth=2, model__scan_layers=scan, model__remat=remat)
 
 
 def _inputs(config):
@@ -45,12 +45,12 @@ def _to_scanned(variables):
     """Unrolled variables -> the scanned config's, through the authors' state_dict."""
     state_dict = layout.to_state_dict(to_pytorch.table(_config(False)), variables)
     scanned = _config(True)
-    return layout.from_state_dict(to_pytorch.table(scanned), state_dict, to_pytorch.abstract_variables(scanned))
+    return layout.from_state_dict(to_pytorch.table(scanned), state_dict, state_lib.abstract_variables(scanned))
 
 
 @pytest.fixture(scope="module")
 def unrolled():
-    return th.random_like(to_pytorch.abstract_variables(_config(False)), 0)
+    return th.random_like(state_lib.abstract_variables(_config(False)), 0)
 
 
 def _outputs_and_grads(config, variables):
@@ -60,7 +60,7 @@ def _outputs_and_grads(config, variables):
                for i, s in enumerate(((BATCH, m.embed_dim), (BATCH, m.embed_dim), (BATCH, m.seq_len, m.width)))]
 
     def forward(params):
-        img, txt, z, _ = DREAM(config.model).apply({"params": params, "batch_stats": variables["batch_stats"]},
+        img, txt, z, _ = DREAM(config.model, capacity=CAPACITY).apply({"params": params, "batch_stats": variables["batch_stats"]},
                                                    *inputs)
         return sum(jnp.sum(w * o) for w, o in zip(weights, (img, txt, z))), (img, txt, z)
 
@@ -85,7 +85,7 @@ def test_scanned_parameters_are_the_unrolled_blocks_stacked(unrolled):
         np.testing.assert_array_equal(back[key], there[key], err_msg=key)
     assert "encoder_blocks_0" not in scanned["params"]["encoder"]
     assert jax.tree_util.tree_structure(jax.tree.map(np.shape, scanned)) == jax.tree_util.tree_structure(
-        jax.tree.map(np.shape, to_pytorch.abstract_variables(_config(True))))
+        jax.tree.map(np.shape, state_lib.abstract_variables(_config(True))))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_scanned_forward_and_gradients_equal_unrolled(unrolled, reference, scan,
 
 
 def test_stacked_parameters_carry_the_layers_axis():
-    boxed = jax.eval_shape(lambda: DREAM(_config(True).model).init(jax.random.key(0), *_inputs(_config(True))))
+    boxed = jax.eval_shape(lambda: DREAM(_config(True).model, capacity=CAPACITY).init(jax.random.key(0), *_inputs(_config(True))))
     qkv = boxed["params"]["encoder"]["encoder_blocks"]["attn"]["qkv"]["kernel"]
     assert isinstance(qkv, nn.Partitioned) and qkv.names == ("layers", "embed", None, "heads", "kv")
 
@@ -119,4 +119,4 @@ def test_stacked_parameters_carry_the_layers_axis():
 def test_unknown_remat_policy_is_a_one_line_error():
     config = _config(True, remat="sometimes")
     with pytest.raises(ValueError, match=r"model.remat='sometimes': expected one of 'none', 'full', 'save_dots'"):
-        DREAM(config.model).init(jax.random.key(0), *_inputs(config))
+        DREAM(config.model, capacity=CAPACITY).init(jax.random.key(0), *_inputs(config))

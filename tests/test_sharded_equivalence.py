@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import frontend, sharding, train
+from dream_jax import sharding, train
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
 
 BATCH = 16
@@ -88,7 +90,7 @@ def _setup(shape, scan):
 
 def _lower(config, mesh, state):
     """The value-and-grad of train.loss_fn, traced as train.compile_step traces the step; returns (lowered, args)."""
-    frozen = jax.device_put(frontend.load_frozen(config, frontend.make_tokenizers(config)), sharding.replicated(mesh))
+    frozen = jax.device_put(frozen_lib.load(config, tokenizers_lib.make_tokenizers(config)), sharding.replicated(mesh))
     batch = sharding.global_batch(_batch(config), mesh, config)
     args = (_perturbed(state.params), state.batch_stats, frozen, batch, np.int32(STEP))
 

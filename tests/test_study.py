@@ -14,14 +14,15 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import study  # noqa: E402
 import train_tiny  # noqa: E402
-from configs import common, dream_tiny  # noqa: E402
+from configs import dream_tiny
+from dream_jax import base_config  # noqa: E402
 from dream_jax import masking, train  # noqa: E402
 
 
 def _config(arm):
     config = dream_tiny.get_config()
     for assignment in study.ARMS[arm]:
-        common.apply_override(config, assignment)
+        base_config.apply_override(config, assignment)
     return config
 
 

@@ -12,7 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import study_curves  # noqa: E402
-from configs import common, dream_tiny  # noqa: E402
+from configs import dream_tiny
+from dream_jax import base_config  # noqa: E402
 from dream_jax import train  # noqa: E402
 from dream_jax.evaluation import report  # noqa: E402
 from dream_jax.evaluation import registry  # noqa: E402
@@ -22,7 +23,7 @@ from dream_jax.evaluation import registry  # noqa: E402
 def test_overrides_evaluate_in_the_loop_and_skip_the_report(arm, tmp_path):
     config = dream_tiny.get_config()
     for assignment in study_curves.flags(arm, 600, ["total_steps=1200"], str(tmp_path / "c.msgpack")):
-        common.apply_override(config, assignment)
+        base_config.apply_override(config, assignment)
     train.validate_config(config)
     report.validate(config)
     assert config.eval_every == 600 and config.total_steps == 1200

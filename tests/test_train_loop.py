@@ -93,20 +93,23 @@ FIXED_BATCH_SCRIPT = """
 # python fixed_batch.py TESTS_DIR: JSON metrics of 30 train steps on one batch, the step held at 1 (past the
 # 1-step warmup) so that masks and noise repeat too: one fixed objective.
 import json
+import os
 import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]  # tests/ and the repo root (configs/)
 import train_helpers as th
-from dream_jax import frontend, sharding, train
+from dream_jax import sharding, train
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import frozen as frozen_lib
 from dream_jax.data import pipeline
 
 config = th.tiny_config()
 mesh = sharding.make_mesh(config)
-tokenizers = frontend.make_tokenizers(config)
-frozen = jax.device_put(frontend.load_frozen(config, tokenizers), sharding.replicated(mesh))
+tokenizers = tokenizers_lib.make_tokenizers(config)
+frozen = jax.device_put(frozen_lib.load(config, tokenizers), sharding.replicated(mesh))
 batch = sharding.global_batch(next(iter(pipeline.make_dataset(config, tokenizers))), mesh, config)
 state = train.create_state(config, mesh)
 step_fn = train.compile_step(config, mesh, frozen, batch)

@@ -15,7 +15,8 @@ from PIL import Image
 
 import data_helpers as dh
 import train_helpers as th
-from dream_jax import frontend
+from dream_jax import preflight
+from dream_jax.data import tokenizers as tokenizers_lib
 from dream_jax.data import pipeline, webdataset
 
 
@@ -30,7 +31,7 @@ def _config(path, batch_size=2, **extra):
 
 
 def _dataset(config, **kwargs):
-    return pipeline.make_dataset(config, frontend.make_tokenizers(config), **kwargs)
+    return pipeline.make_dataset(config, tokenizers_lib.make_tokenizers(config), **kwargs)
 
 
 def _epoch(config, **kwargs):
@@ -179,14 +180,14 @@ def test_missing_files_name_what_to_download(tmp_path):
     config.tokenizer.vae_path = str(tmp_path / "no-vae")
     config.text.clip_tokenizer = "clip_bpe"
     with pytest.raises(FileNotFoundError) as e:
-        frontend.check_files(config)
+        preflight.check_files(config)
     message = str(e.value)
     assert "config.tokenizer.vae_path=" in message and "stabilityai/sd-vae-ft-ema" in message
     assert "config.text.clip_vocab_path='' is empty" in message and "bpe_simple_vocab_16e6.txt.gz" in message
     assert "none-*.tar" in message and "img2dataset" in message
     config.data.source = "latents"
-    with pytest.raises(FileNotFoundError, match=r"holds no latent cache.*dream_jax\.data\.latent_cache"):
-        frontend.check_files(config)
+    with pytest.raises(FileNotFoundError, match=r"holds no latent cache.*--mode=cache"):
+        preflight.check_files(config)
 
 
 def test_worker_processes_share_the_work_and_the_counts(shards):

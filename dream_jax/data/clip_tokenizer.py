@@ -34,7 +34,7 @@ SOT, EOT = "<start_of_text>", "<end_of_text>"
 # OpenCLIP reads this many merges from the first lines after the header of bpe_simple_vocab_16e6.txt.gz.
 _NUM_MERGES = 49152 - 256 - 2
 _SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-_SOURCE = (
+SOURCE = (
     "Get bpe_simple_vocab_16e6.txt.gz by hand from the open_clip package (src/open_clip/ in "
     "https://github.com/mlfoundations/open_clip) or OpenAI's CLIP repository; dream_jax never downloads."
 )
@@ -63,7 +63,7 @@ def clean(text: str) -> str:
 def read_merges(path: str) -> list[tuple[str, str]]:
     """The merge pairs OpenCLIP uses from a bpe vocab file (gzip or plain text, first line a header)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLIP bpe vocab file {path!r} not found. {_SOURCE}")
+        raise FileNotFoundError(f"CLIP bpe vocab file {path!r} not found. {SOURCE}")
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":

@@ -8,7 +8,7 @@ Two measures:
     visible, as zero-shot) and its text-tower embedding of the prompt: the SAD critic applied to the final
     image, averaged over samples. The paper's CLIP Score uses an external CLIP whose version is not published
     (PAPER.md §4), so this is the model's self-consistency, not that number.
-Generation is dream_jax/sample.py's batched sampler with the config's settings; "plain" decoding is the same with
+Generation is dream_jax/sampler.py's batched sampler with the config's settings; "plain" decoding is the same with
 one candidate (num_candidates=1, sad_step=0).
 
 Dimension letters: P prompts, S samples per prompt, N = P S images, E embedding dim.

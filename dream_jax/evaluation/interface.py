@@ -1,8 +1,8 @@
 """What every evaluator receives: a Context with the model's predict functions (big_vision's predict_fn) and
 where its outputs go.
 
-Evaluators never apply the model themselves. `make_context` binds the restored variables, frozen components and
-tokenizers into `Predict`'s functions (one jitted function per kind of output), and an evaluator runs them over its
+Evaluators never apply the model themselves. `make_context` binds the restored variables and a runtime's frozen
+components and tokenizers (dream_jax/runtime.py) into `Predict`'s functions (one jitted function per kind of output), and an evaluator runs them over its
 host batches with `ctx.batched` (dream_jax/batching.py: pad, shard over the mesh, run, fetch). An evaluator kind
 is a module of dream_jax/evaluation with `DEFAULTS` (its settings), `validate(config, name, settings)` (a missing
 file or a bad setting raises, naming it, before anything is restored) and `run(ctx, name, settings)` (its metrics);
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dream_jax import batching, frontend, losses, sample
+from dream_jax import batching, losses, sampler, tokens
 from dream_jax.evaluation import features as features_lib
 from dream_jax.models.dream import DREAM
 
@@ -64,8 +64,8 @@ class Context:
 @functools.partial(jax.jit, static_argnames=("config",))
 def _image_embedding(config, variables, frozen, images, rng):
     model = DREAM(config.model)
-    tokens = frontend.images_to_tokens(config, frozen, images, rng)
-    x, keep = model.apply(variables, tokens, jnp.zeros(tokens.shape[:2], bool), method=DREAM.encode)
+    x_tokens = tokens.images_to_tokens(config, frozen, images, rng)
+    x, keep = model.apply(variables, x_tokens, jnp.zeros(x_tokens.shape[:2], bool), method=DREAM.encode)
     return losses.l2_normalize(model.apply(variables, x, keep, method=DREAM.image_embedding))
 
 
@@ -76,14 +76,14 @@ def _text_embedding(config, variables, ids):
 
 @functools.partial(jax.jit, static_argnames=("config", "pooling"))
 def _features(config, pooling, variables, frozen, images, rng):
-    tokens = frontend.images_to_tokens(config, frozen, images, rng)
-    x, _ = DREAM(config.model).apply(variables, tokens, jnp.zeros(tokens.shape[:2], bool), method=DREAM.encode)
+    x_tokens = tokens.images_to_tokens(config, frozen, images, rng)
+    x, _ = DREAM(config.model).apply(variables, x_tokens, jnp.zeros(x_tokens.shape[:2], bool), method=DREAM.encode)
     return features_lib.fc_norm(features_lib.pool(x.astype(jnp.float32), config.model.buffer_size, pooling))
 
 
-def make_predict(config, variables, frozen, tokenizers, mesh):
-    """Predict's functions bound to one model's variables, frozen components and tokenizers."""
-    frozen_config = ml_collections.FrozenConfigDict(config)
+def make_predict(rt, variables):
+    """Predict's functions bound to one model's variables and a runtime's frozen components and tokenizers."""
+    frozen_config, frozen = ml_collections.FrozenConfigDict(rt.config), rt.frozen
 
     def features(images, rng, pooling="buffer"):
         if pooling not in features_lib.POOLINGS:
@@ -91,19 +91,17 @@ def make_predict(config, variables, frozen, tokenizers, mesh):
         return _features(frozen_config, pooling, variables, frozen, images, rng)
 
     def sample_fn(prompts, num_samples, seed, opts, log=print):
-        return sample.sample_images(config, variables, frozen, tokenizers, prompts, num_samples, seed, opts, mesh,
-                                    log=log)
+        return sampler.sample_images(rt, variables, prompts, num_samples, seed, opts, log=log)
 
     return Predict(
         image_embedding=functools.partial(_image_embedding, frozen_config, variables, frozen),
         text_embedding=functools.partial(_text_embedding, frozen_config, variables),
-        features=features, sample=sample_fn, clip_ids=tokenizers.clip_ids)
+        features=features, sample=sample_fn, clip_ids=rt.tokenizers.clip_ids)
 
 
-def make_context(config, workdir, mesh, variables, frozen, tokenizers, step, use_ema, log=print):
-    """The Context of evaluating one model's variables."""
-    return Context(config, workdir, mesh, int(step), bool(use_ema),
-                   make_predict(config, variables, frozen, tokenizers, mesh), log)
+def make_context(rt, workdir, variables, step, use_ema, log=print):
+    """The Context of evaluating one model's variables on runtime `rt` (its config and mesh)."""
+    return Context(rt.config, workdir, rt.mesh, int(step), bool(use_ema), make_predict(rt, variables), log)
 
 
 def check_file(path, what, hint):

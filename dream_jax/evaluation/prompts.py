@@ -1,12 +1,12 @@
 """The prompts of the generation evaluators (alignment, FID): held-out captions of the synthetic set, whose
-attributes the oracle reads back, or the lines of a text file (sample.read_prompts, the one prompt-file reader).
+attributes the oracle reads back, or the lines of a text file (sampler.read_prompts, the one prompt-file reader).
 
 Dimension letters: P prompts.
 """
 
 import numpy as np
 
-from dream_jax import sample
+from dream_jax import sampler
 from dream_jax.data import synthetic
 
 HINT = "'shapes' or a text file with one prompt per line"
@@ -24,7 +24,7 @@ def read_prompts(path, num_prompts, what):
     """The first `num_prompts` prompts of a file (one per line), cycled when the file has fewer."""
     if not path:
         raise FileNotFoundError(f"{what} is not set; provide a text file with one prompt per line")
-    prompts = sample.read_prompts(path, None)
+    prompts = sampler.read_prompts(path, None)
     return [prompts[i % len(prompts)] for i in range(num_prompts)]
 
 

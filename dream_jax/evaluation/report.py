@@ -1,15 +1,17 @@
 """The end-of-training report: a sample grid of the fixed prompts, the named evaluators, and a short summary.
 
-`config.final_samples` samples per default prompt (sample.DEFAULT_PROMPTS, seed 0) go to WORKDIR/samples as
+`config.final_samples` samples per default prompt (sampler.DEFAULT_PROMPTS, seed 0) go to WORKDIR/samples as
 `--mode=sample` writes them; the `config.evals` entries named in `config.final_evals` run on the final weights (EMA
 unless config.sampling.use_ema is off), enabled or not, and are recorded in WORKDIR/eval/<step>.json as
 `--mode=eval` records them. The summary prints zero-shot top-1 and, per attribute, the oracle alignment of every
 decoding mode beside chance, so a user sees at a glance whether the model learnt both of DREAM's objectives.
 """
 
+import dataclasses
+
 import ml_collections
 
-from dream_jax import sample
+from dream_jax import sample, sampler
 from dream_jax.data import synthetic
 from dream_jax.evaluation import run as eval_run
 
@@ -58,18 +60,18 @@ def summary(step, seconds, metrics, grid=None):
     return "\n".join(lines)
 
 
-def run(config, workdir, variables, step, mesh, frozen, tokenizers, seconds):
+def run(rt, workdir, variables, step, seconds):
     """Writes the grid, runs and records the final evaluators, prints the summary; returns (metrics, grid path)."""
+    config = rt.config
     if not (config.get("final_samples", 0) or config.get("final_evals", ())):
         return {}, None
     grid = None
     if config.get("final_samples", 0):
-        prompts = sample.read_prompts(None, config)
-        grid, _ = sample.write_samples(config, workdir, variables, step, frozen, tokenizers, mesh, prompts,
-                                       config.final_samples, seed=0)
+        prompts = sampler.read_prompts(None, config)
+        grid, _ = sample.write_samples(rt, workdir, variables, step, prompts, config.final_samples, seed=0)
     metrics = {}
     if config.get("final_evals", ()):
-        metrics = eval_run.evaluate_variables(final_config(config), workdir, variables, step, mesh, frozen,
-                                              tokenizers, config.sampling.use_ema)
+        final = dataclasses.replace(rt, config=final_config(config))
+        metrics = eval_run.evaluate_variables(final, workdir, variables, step, config.sampling.use_ema)
     print(summary(step, seconds, metrics, grid), flush=True)
     return metrics, grid

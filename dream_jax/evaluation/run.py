@@ -15,9 +15,8 @@ import os
 import time
 
 import jax
-import ml_collections
 
-from dream_jax import sample, summary
+from dream_jax import runtime, summary
 from dream_jax.evaluation import interface, registry
 
 
@@ -63,14 +62,14 @@ def record(config, workdir, step, metrics, seconds, use_ema):
     return path
 
 
-def evaluate_variables(config, workdir, variables, step, mesh, frozen, tokenizers, use_ema=True, log=print):
-    """Runs, records and prints the evaluators on in-memory variables; returns the metrics."""
-    if not registry.enabled(config):
+def evaluate_variables(rt, workdir, variables, step, use_ema=True, log=print):
+    """Runs, records and prints the evaluators of rt.config on in-memory variables; returns the metrics."""
+    if not registry.enabled(rt.config):
         log("config.evals enables no evaluator; nothing to do")
         return {}
-    ctx = interface.make_context(config, workdir, mesh, variables, frozen, tokenizers, step, use_ema, log)
+    ctx = interface.make_context(rt, workdir, variables, step, use_ema, log)
     metrics, seconds = run_evaluators(ctx)
-    path = record(config, workdir, step, metrics, seconds, use_ema)
+    path = record(rt.config, workdir, step, metrics, seconds, use_ema)
     if jax.process_index() == 0:
         print(format_table(step, metrics, use_ema), flush=True)
         print(f"wrote {path}", flush=True)
@@ -82,22 +81,15 @@ def evaluate_workdir(config, workdir, use_ema=None):
     off), every enabled evaluator of config.evals; returns {'<name>/<metric>': value}."""
     validate(config)
     use_ema = config.sampling.use_ema if use_ema is None else use_ema
-    restore_config = ml_collections.ConfigDict(config.to_dict())
-    restore_config.sampling.use_ema = use_ema
-    mesh, tokenizers, variables, step, frozen = sample.restore_for_inference(restore_config, workdir)
-    return evaluate_variables(config, workdir, variables, step, mesh, frozen, tokenizers, use_ema)
+    rt = runtime.create(config)
+    variables, step = runtime.restore_variables(rt, workdir, use_ema)
+    return evaluate_variables(rt, workdir, variables, step, use_ema)
 
 
-def maybe_evaluate(config, workdir, step, state, mesh, frozen, tokenizers, use_ema=None):
+def maybe_evaluate(rt, workdir, step, state, use_ema=None):
     """The train loop's periodic evaluation: every `config.eval_every` steps (0 = never); metrics or None."""
-    every = config.get("eval_every", 0)
+    every = rt.config.get("eval_every", 0)
     if not every or step % every:
         return None
-    use_ema = config.sampling.use_ema if use_ema is None else use_ema
-    return evaluate_variables(config, workdir, state_variables(state, use_ema), step, mesh, frozen, tokenizers,
-                              use_ema)
-
-
-def state_variables(state, use_ema):
-    """A train state's {'params' (EMA or raw), 'batch_stats'}, as the evaluators take them."""
-    return {"params": state.ema_params if use_ema else state.params, "batch_stats": state.batch_stats}
+    use_ema = rt.config.sampling.use_ema if use_ema is None else use_ema
+    return evaluate_variables(rt, workdir, runtime.state_variables(state, use_ema), step, use_ema)

@@ -17,27 +17,21 @@ import os
 import pickle
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import torch
 
 from dream_jax import checkpoint as checkpoint_lib
-from dream_jax import sharding
+from dream_jax import runtime, sharding
 from dream_jax import state as state_lib
-from dream_jax.export import layout
-from dream_jax.models.dream import DREAM
+from dream_jax.data import pipeline
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.export import layout, torch_modules
 
 SAFE_GLOBALS = (argparse.Namespace,)
 
 
 # ---------------------------------------------------------------------------------------------- shapes
-def abstract_variables(config):
-    """{'params', 'batch_stats'} as ShapeDtypeStructs (no allocation)."""
-    init = lambda r: nn.unbox(DREAM(config.model).init({"params": r}, *state_lib.dummy_inputs(config)))  # noqa: E731
-    return jax.eval_shape(init, jax.random.key(0))
-
-
 def table(config):
     return layout.entries_for(config.model)
 
@@ -79,11 +73,7 @@ def export_to_workdir(config, workdir, export_path=None, mesh=None):
     if jax.process_count() > 1:
         raise ValueError("--mode=export gathers the weights on one host; run it as a single process")
     mesh = sharding.make_mesh(config) if mesh is None else mesh
-    manager = checkpoint_lib.Manager(workdir, config, read_only=True)
-    if not manager.steps():
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}; train first (--mode=train)")
-    state, step = manager.restore_latest(state_lib.abstract_state(config, mesh))
-    manager.close()
+    state, step = runtime.restore_state(config, workdir, mesh)
     path = export_path or os.path.join(workdir, "export", f"dream_step{step}.pth")
     paths = export_checkpoint(config, state.params, state.ema_params, state.batch_stats, step, path)
     print(f"exported step {step} to {paths[0]} (model, model_ema) and {paths[1]} (EMA state_dict)")
@@ -144,7 +134,7 @@ def import_checkpoint(config, path):
     BN running stats come from 'model' (the authors' EMA dict holds copies of the live buffers).
     """
     model, ema = _state_dicts(load_file(path), path)
-    abstract = abstract_variables(config)
+    abstract = state_lib.abstract_variables(config)
     t = table(config)
     live = layout.from_state_dict(t, _numpy(model), abstract, f"{path} ['model']")
     averaged = live if ema is model else layout.from_state_dict(t, _numpy(ema), abstract, f"{path} ['model_ema']")
@@ -181,11 +171,8 @@ def import_to_workdir(config, workdir, import_path, mesh=None):
 
 
 def _fresh_data_iterator(config):
-    from dream_jax import frontend
-    from dream_jax.data import pipeline
-
     try:
-        return iter(pipeline.make_dataset(config, frontend.make_tokenizers(config)))
+        return iter(pipeline.make_dataset(config, tokenizers_lib.make_tokenizers(config)))
     except (ValueError, FileNotFoundError) as e:
         logging.warning("no data iterator saved (%s); sampling works, training from this workdir needs one", e)
         return None
@@ -194,8 +181,6 @@ def _fresh_data_iterator(config):
 # ---------------------------------------------------------------------------------------- PyTorch side
 def load_pytorch_model(path, use_ema=True):
     """The standalone torch DREAM of an exported file, weights loaded with strict=True, in eval mode."""
-    from dream_jax.export import torch_modules
-
     data = load_file(path)
     if "args" not in data or not isinstance(data["args"], dict):
         raise ValueError(f"{path} has no dream_jax 'args' dict; build torch_modules.DREAM(...) by hand and call "

@@ -30,9 +30,13 @@ def mean_pool(x, keep):
 
 
 class DREAM(nn.Module):
-    """All trainable parameters of DREAM; `config` is the `model` section of a dream_jax config."""
+    """All trainable parameters of DREAM; `config` is the `model` section of a dream_jax config.
+
+    `capacity`: the encoder's capacity plan (dream_jax/capacity.py; () = all positions), a static argument of
+    the train step and the sampler's steps; the parameters do not depend on it."""
 
     config: ml_collections.ConfigDict
+    capacity: tuple = ()
 
     def setup(self):
         c = self.config
@@ -41,7 +45,7 @@ class DREAM(nn.Module):
                       proj_dropout=c.proj_dropout, dtype=dtype, remat=c.remat,
                       scan=c.scan_layers, attention=c.attention)
         self.encoder = Encoder(depth=c.encoder_depth, buffer_size=c.buffer_size, num_classes=c.num_classes,
-                               capacity=tuple(c.get("encoder_capacity", ())), **common)
+                               capacity=tuple(self.capacity), **common)
         self.decoder = Decoder(depth=c.decoder_depth, buffer_size=c.buffer_size, **common)
         self.aligner = TextAligner(depth=c.aligner_depth, **common)
         t = c.text_tower

@@ -92,7 +92,7 @@ def p_mean_logvar(c, x_t, t, eps, var_values, clip_denoised=False, denoised_fn=N
 
     `denoised_fn` maps the implied x0 [N, T] onto the data's support, and `clip_denoised` then clips it to
     [-1, 1] (IDDPM's two options; MAR samples latents with neither, but they are valid and stabilising for data
-    of known range, e.g. the tiny config's pixels: frontend.x0_constraint).
+    of known range, e.g. the tiny config's pixels: tokens.x0_constraint).
     """
     frac = (var_values + 1) / 2
     logvar = frac * _at(c, "log_betas", t) + (1 - frac) * _at(c, "posterior_log_variance_clipped", t)

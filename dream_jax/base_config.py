@@ -115,10 +115,8 @@ def get_base_config(scale="B"):
         # The encoder runs on visible tokens: each step's batch is cut into up to encoder_classes classes of
         # similar mask ratios, each at a capacity rounded up to a multiple of seq_len / encoder_buckets (one compiled
         # step per plan; docs/SCALING.md). encoder_classes=1, encoder_buckets=1: the key-masked encoder only.
-        # encoder_capacity is the plan a compiled step uses, set by the train loop; () = all positions.
         encoder_classes=2,
         encoder_buckets=4,
-        encoder_capacity=(),
         text_tower=dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8),
     ))
 
@@ -210,7 +208,7 @@ def get_base_config(scale="B"):
     c.compile_topology = ""
 
     # source: shapes | webdataset | latents. path: for webdataset a glob of img2dataset tar shards (e.g.
-    # '/data/cc12m/*.tar'); for latents the directory `python -m dream_jax.data.latent_cache` wrote.
+    # '/data/cc12m/*.tar'); for latents the directory `--mode=cache` wrote.
     # index_dir: where the shard indexes are written ('' = beside the shards).
     c.data = ml_collections.ConfigDict(dict(source="webdataset", path="", index_dir="", num_workers=8,
                                             shuffle_seed=0))

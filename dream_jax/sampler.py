@@ -1,0 +1,76 @@
+"""Prompts -> images with the trained model: the batched host sampler that `--mode=sample`, the end-of-training
+report, the generation evaluators and the benchmarks share, and the prompt files they read.
+
+The prompts are encoded on the host, repeated per sample, cut into chunks of `sampling.batch_size` and run
+through generate.generate over the mesh (dream_jax/batching.py), then decoded to pixels inside the same jit.
+
+Dimension letters: P prompts, S samples per prompt, K candidates, H W image size.
+"""
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from dream_jax import batching, generate, summary, tokens
+from dream_jax.data import synthetic
+
+DEFAULT_PROMPTS = {
+    "shapes": [synthetic.caption(0, 0, 0, 1, 0), synthetic.caption(1, 2, 4, 1, 0), synthetic.caption(2, 3, 3, 0, 1),
+               synthetic.caption(3, 5, 1, 1, 2)],
+    "default": ["a photo of a cat sitting on a sofa", "a red sports car on a mountain road",
+                "a bowl of fresh fruit on a wooden table", "a lighthouse at sunset"],
+}
+
+
+def read_prompts(path, config):
+    """Prompts from a file (one per line, blank lines ignored) or the config's defaults; ValueError when empty."""
+    if path is None:
+        return DEFAULT_PROMPTS["shapes" if config.data.source == "shapes" else "default"]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    with open(path) as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {path} has no prompts (one per line expected)")
+    return prompts
+
+
+def encode_prompts(tokenizers, prompts):
+    """CLIP ids (a prompt longer than the text context is an error) and cond ids/mask."""
+    clip_ids = tokenizers.clip_ids(prompts, truncate=False)
+    cond_ids, cond_mask = tokenizers.cond_ids(prompts)
+    return clip_ids, cond_ids, cond_mask
+
+
+_decode = jax.jit(tokens.tokens_to_images, static_argnums=0)  # VAE decode (or PCA) of a chunk, compiled once
+
+
+def sample_images(rt, variables, prompts, num_samples, seed, opts, log=print):
+    """uint8 images [P, S, H, W, 3], SAD scores [P, S, K] and choices [P, S] of `prompts` on runtime `rt`."""
+    config = rt.config
+    clip_ids, cond_ids, cond_mask = encode_prompts(rt.tokenizers, prompts)
+    flat = lambda a: np.repeat(a, num_samples, axis=0)  # noqa: E731
+    clip_ids, cond_ids, cond_mask = flat(clip_ids), flat(cond_ids), flat(cond_mask)
+    total, chunk = len(clip_ids), config.sampling.batch_size
+    frozen_config = generate.freeze(config)
+
+    def decode(index, *batch):
+        out, sc, best = generate.generate(frozen_config, opts, variables, rt.frozen, *batch,
+                                          jax.random.fold_in(jax.random.key(seed), index))
+        return _decode(frozen_config, rt.frozen, out), sc, best
+
+    images, scores, chosen = [], [], []
+    start = time.monotonic()
+    for pixels, sc, best in batching.run(rt.mesh, config, decode,
+                                         batching.slices((clip_ids, cond_ids, cond_mask), chunk)):
+        images.append(pixels)
+        scores.append(sc)
+        chosen.append(best)
+        done, elapsed = sum(len(x) for x in images), time.monotonic() - start
+        log(f"sampled {done}/{total} images, {elapsed:.1f}s elapsed, ETA "
+            f"{summary.format_seconds(elapsed / done * (total - done))}")
+    shape = (len(prompts), num_samples)
+    return (np.concatenate(images).reshape(shape + images[0].shape[1:]),
+            np.concatenate(scores).reshape(shape + (-1,)), np.concatenate(chosen).reshape(shape))
