@@ -27,11 +27,11 @@ import numpy as np
 
 from configs import dream_tiny
 from dream_jax import base_config
-from dream_jax import checkpoint, generate, losses, masking, runtime, sampler, state, train
+from dream_jax import checkpoint, generate, masking, runtime, sampler, state, train
 from dream_jax import frozen as frozen_lib
 from dream_jax import tokens as tokens_lib
 from dream_jax.data import oracle, synthetic
-from dream_jax.models import gaussian_diffusion
+from dream_jax.models import diffusion_head
 from dream_jax.models.dream import DREAM
 
 
@@ -61,13 +61,12 @@ def z_gap(config, variables, frozen, tokenizers, images, captions, ratio=0.5):
     mask = masking.random_masks(jax.random.key(1), jnp.full((groups,), ratio), tokens.shape[0], tokens.shape[1])
     x, _ = model.apply(variables, tokens, mask, method=DREAM.encode)
     z = model.apply(variables, x, mask, text, method=DREAM.decode)
-    constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps).constants()
 
     def loss(zz):
         def denoise(x_t, t, c):
             return model.apply(variables, x_t, t, c, method=DREAM.denoise)
-        value, _ = losses.diffusion_loss(denoise, constants, jax.random.key(2), tokens, zz, mask, groups,
-                                         config.diffusion.batch_mul, 0.0)
+        value, _ = diffusion_head.loss(denoise, jax.random.key(2), tokens, zz, mask, config.diffusion.num_steps,
+                                       groups, config.diffusion.batch_mul, 0.0)
         return float(value)
 
     return loss(z), loss(jnp.roll(z, 1, axis=0))

@@ -120,7 +120,8 @@ def _write_shard(source, shard_id, target, encode, tokenizers, image_size, batch
         clip_ids = tokenizers.clip_ids(captions)
         cond_ids, cond_mask = tokenizers.cond_ids(captions)
         for i, e in enumerate(pending):
-            writer.write(latent_cache.encode_record(e["key"], e["caption"], moments[i], clip_ids[i], cond_ids[i], cond_mask[i]))
+            writer.write(latent_cache.encode_record(e["key"], e["caption"], moments[i], clip_ids[i], cond_ids[i],
+                                                    cond_mask[i]))
         stats["samples"] += len(pending)
         pending.clear()
 

@@ -1,17 +1,17 @@
 """Text-to-image generation: MAR random-order decoding with classifier-free guidance, and DREAM's Semantically
 Aligned Decoding (SAD).
 
-Decoding (MAR / FLUID, PAPER.md §3): every image gets a random order; after step s the first mask_len[s+1]
-positions of the order stay masked, with mask_len[s+1] = floor(L cos(pi/2 (s+1)/S)) clamped to
-[1, mask_len[s] - 1], and the last step reveals the rest. Each step runs the encoder on the decoded tokens
-(masked ones dropped), the decoder with cross-attention to the aligned text (and to the empty prompt for CFG),
-and samples the revealed tokens with the diffusion head (respaced DDPM, temperature on the injected noise,
-eps = uncond + w (cond - uncond) with w ramped linearly to `cfg`). Only the tokens revealed at a step are
-denoised: their count depends on the step alone, so a static head capacity per step (the most any step so far
-reveals) keeps shapes fixed. The decoded count before a step is also known statically (L - mask_len), so, as in
-MAR, the encoder runs on the decoded tokens only, gathered into a capacity bucket (a multiple of
-L / `encoder_buckets`; models/mae.py Encoder, as in training). The steps are cut into segments of equal
-capacities, each a fori_loop. Early steps, SAD's candidate phase above all, then cost a fraction of a full step.
+Decoding (MAR / FLUID, PAPER.md §3): every image gets a random order; after step s the first mask_len[s+1] positions
+of the order stay masked, with mask_len[s+1] = floor(L cos(pi/2 (s+1)/S)) clamped to [1, mask_len[s] - 1], and the
+last step reveals the rest. Each step runs the encoder on the decoded tokens (masked ones dropped), the decoder with
+cross-attention to the aligned text (and to the empty prompt for CFG), and samples the revealed tokens with the
+diffusion head (models/diffusion_head.sample: respaced DDPM, temperature on the injected noise, eps = uncond + w
+(cond - uncond) with w ramped linearly to `cfg`). Only the tokens revealed at a step are denoised: their count
+depends on the step alone, so a static head capacity per step (the most any step so far reveals) keeps shapes fixed.
+The decoded count before a step is also known statically (L - mask_len), so, as in MAR, the encoder runs on the
+decoded tokens only, gathered into a capacity bucket (a multiple of L / `encoder_buckets`; models/mae.py Encoder, as
+in training). The steps are cut into segments of equal capacities, each a fori_loop. Early steps, SAD's candidate
+phase above all, then cost a fraction of a full step.
 
 SAD: K candidates per prompt share the order and differ only in diffusion noise; after T_c steps DREAM's own
 encoder embeds each candidate's decoded tokens, the CLIP text tower embeds the prompt, and the best cosine
@@ -40,7 +40,7 @@ import numpy as np
 from dream_jax import frozen as frozen_lib
 from dream_jax import losses
 from dream_jax import tokens as tokens_lib
-from dream_jax.models import gaussian_diffusion
+from dream_jax.models import diffusion_head
 from dream_jax.models.dream import DREAM
 
 
@@ -181,28 +181,20 @@ def _step(config, opts, ctx, rng, s, tokens, mask, capacity, encoder_capacity):
     positions = jax.lax.dynamic_slice_in_dim(ctx.orders, lens[s + 1], capacity, axis=1)  # [N, C]
     valid = jnp.arange(capacity)[None] < (lens[s] - lens[s + 1])
     gather = lambda a: jnp.take_along_axis(a, positions[..., None], axis=1, mode="clip")  # noqa: E731
-    zc = gather(z).reshape(-1, z.shape[-1])
+    zc, zu, scale = gather(z).reshape(-1, z.shape[-1]), None, 1.0
     if opts.cfg != 1.0:
         zu = gather(model.apply(ctx.variables, x, mask, ctx.empty_text, method=DREAM.decode)).reshape(zc.shape)
         ramp = (length - lens[s + 1]) / length if opts.cfg_schedule == "linear" else 1.0
         scale = 1.0 + (opts.cfg - 1.0) * ramp
-    constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps, opts.sampling_steps).constants()
 
-    def denoise(x_t, t):
-        if opts.cfg == 1.0:
-            return model.apply(ctx.variables, x_t, t, zc, method=DREAM.denoise)
-        out = model.apply(ctx.variables, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
-                          jnp.concatenate([zc, zu]), method=DREAM.denoise)
-        cond, uncond = jnp.split(out, 2)
-        eps_c, var_c = jnp.split(cond, 2, axis=-1)
-        eps_u = jnp.split(uncond, 2, axis=-1)[0]
-        return jnp.concatenate([eps_u + scale * (eps_c - eps_u), var_c], axis=-1)
+    def denoise(x_t, t, z):
+        return model.apply(ctx.variables, x_t, t, z, method=DREAM.denoise)
 
     noise_rng, loop_rng = jax.random.split(rng)
     draw = functools.partial(candidate_normal, ctx.candidates, tokens.shape[0] // ctx.candidates)
     start = draw(noise_rng, zc.shape[:1] + tokens.shape[-1:])
-    sampled = gaussian_diffusion.p_sample_loop(constants, denoise, start, loop_rng, opts.temperature,
-                                               denoised_fn=ctx.x0_constraint, draw=draw)
+    sampled = diffusion_head.sample(denoise, zc, start, loop_rng, config.diffusion.num_steps, opts.sampling_steps,
+                                    zu, scale, opts.temperature, denoised_fn=ctx.x0_constraint, draw=draw)
     sampled = sampled.reshape(positions.shape + tokens.shape[-1:])
     rows = jnp.arange(tokens.shape[0])[:, None]
     write = jnp.where(valid, positions, length)

@@ -33,7 +33,7 @@ from dream_jax.state import (TrainState, abstract_state, create_state, learning_
 from dream_jax.data import pipeline
 from dream_jax.evaluation import report
 from dream_jax.evaluation import run as eval_run
-from dream_jax.models import gaussian_diffusion, precision, transformer
+from dream_jax.models import diffusion_head, precision, transformer
 from dream_jax.models.dream import DREAM, mean_pool
 
 
@@ -97,31 +97,17 @@ def loss_fn(params, batch_stats, config, frozen, batch, step, ratios=None, plan=
     visible = 1.0 - jnp.mean(mask.astype(jnp.float32), axis=-1)
     valid = visible >= config.loss.min_visible_for_clip
     clip_loss, clip_acc = losses.contrastive_loss(img, txt, logit_scale, valid)
-    denoise = functools.partial(_denoise, model, params, config.diffusion.batch_mul)
-    constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps).constants()
-    gen_loss, gen_metrics = losses.diffusion_loss(
-        denoise, constants, rngs["diffusion"], tokens, z, mask, config.masking.num_groups,
-        config.diffusion.batch_mul, config.loss.min_masked_for_gen)
+    gen_loss, gen_metrics = diffusion_head.loss(
+        functools.partial(_head, model, params), rngs["diffusion"], tokens, z, mask, config.diffusion.num_steps,
+        config.masking.num_groups, config.diffusion.batch_mul, config.loss.min_masked_for_gen)
     total = config.loss.gen_weight * gen_loss + config.loss.clip_weight * clip_loss
     metrics = _metrics(total, gen_loss, gen_metrics, clip_loss, clip_acc, valid, logit_scale, ratios, batch)
     return total, (metrics, updates["batch_stats"])
 
 
-def _denoise(model, params, copies, x_t, t, z):
-    """The diffusion head on the batch_mul x B x L tokens, split over the batch shards.
-
-    losses.diffusion_targets stacks the `copies` along the leading axis, a layout through which XLA carries no
-    batch sharding: unpinned, every chip ran the head on all the tokens of the global batch (110 GiB of
-    temporaries for DREAM-B on a v5e-256). Viewed as [copies, B x L, ...] with the second axis on the batch shards,
-    each chip keeps its own examples' tokens and no data moves.
-    """
-    def split(a):
-        a = a.reshape((copies, -1) + a.shape[1:])
-        return nn.with_logical_constraint(a, (None, "batch") + (None,) * (a.ndim - 2))
-
-    head = jax.vmap(lambda x, s, c: model.apply({"params": params}, x, s, c, method=DREAM.denoise))
-    out = head(split(x_t), split(t), split(z))
-    return out.reshape((-1,) + out.shape[2:])
+def _head(model, params, x_t, t, z):
+    """The diffusion head of `params` (diffusion_head.loss's `denoise`)."""
+    return model.apply({"params": params}, x_t, t, z, method=DREAM.denoise)
 
 
 def _metrics(total, gen_loss, gen_metrics, clip_loss, clip_acc, valid, logit_scale, ratios, batch):
@@ -183,9 +169,8 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=N
     tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step, ratios)
     size, length = mask.shape
     copies, groups = config.diffusion.batch_mul, config.masking.num_groups // k
-    constants = gaussian_diffusion.make_schedule(config.diffusion.num_steps).constants()
-    t, noise = losses.diffusion_draws(rngs["diffusion"], copies * size * length, tokens.shape[-1],
-                                      constants["timestep_map"].shape[0])
+    t, noise = diffusion_head.draws(rngs["diffusion"], copies * size * length, tokens.shape[-1],
+                                    config.diffusion.num_steps)
     t = _slices(t.reshape(copies, size, length), k, axis=1)
     noise = _slices(noise.reshape(copies, size, length, -1), k, axis=1)
     inputs = tuple(_slices(x, k) for x in (tokens, mask, batch["clip_ids"], cond))
@@ -212,10 +197,10 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=N
     def slice_loss(params, rng, tok, msk, ids, cnd, dp, dt, tt, nz):
         pooled, txt, z = model.apply({"params": params, "batch_stats": batch_stats}, tok, msk, ids, cnd,
                                      method=_pooled_text_and_z, rngs={"dropout": rng})
-        denoise = functools.partial(_denoise, model, params, config.diffusion.batch_mul)
-        draws = (tt.reshape(-1), nz.reshape(-1, nz.shape[-1]))
-        gen, gen_metrics = losses.diffusion_loss(denoise, constants, None, tok, z, msk, groups, copies,
-                                                 c.min_masked_for_gen, draws=draws)
+        drawn = (tt.reshape(-1), nz.reshape(-1, nz.shape[-1]))
+        gen, gen_metrics = diffusion_head.loss(functools.partial(_head, model, params), None, tok, z, msk,
+                                               config.diffusion.num_steps, groups, copies, c.min_masked_for_gen,
+                                               drawn=drawn)
         surrogate = jnp.sum(pooled * dp) + jnp.sum(txt.astype(jnp.float32) * dt)
         return c.gen_weight * gen / k + c.clip_weight * surrogate, (gen, gen_metrics)
 

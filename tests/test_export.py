@@ -20,14 +20,14 @@ import official_layout
 import train_helpers as th
 
 from configs import dream_b, dream_g, dream_h, dream_l
-from dream_jax import checkpoint, losses, masking, sharding, train
+from dream_jax import checkpoint, masking, sharding, train
 from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
 from dream_jax.data import tokenizers as tokenizers_lib
 from dream_jax.data import pipeline
 from dream_jax.export import layout, to_pytorch
 from dream_jax.export import torch_modules as tm
-from dream_jax.models import gaussian_diffusion
+from dream_jax.models import diffusion_head, gaussian_diffusion
 from dream_jax.models.dream import DREAM
 
 TOL = 1e-4
@@ -222,8 +222,8 @@ def test_training_loss_agrees(config, variables, torch_model):
         total, (metrics, _) = train.loss_fn(params, batch_stats, config, frozen, batch, step)
         rngs = train.step_rngs(config, step)
         tokens, mask, _, cond = train.prepare_inputs(config, frozen, batch, rngs, step)
-        _, _, _, t, noise = losses.diffusion_targets(rngs["diffusion"], tokens, tokens, mask,
-                                                     config.diffusion.batch_mul, config.diffusion.num_steps)
+        _, _, _, t, noise = diffusion_head.targets(rngs["diffusion"], tokens, tokens, mask,
+                                                   config.diffusion.batch_mul, config.diffusion.num_steps)
         return total, metrics, (tokens, mask, cond, t, noise)
 
     total, metrics, (tokens, mask, cond, t, noise) = jax_side(variables["params"], variables["batch_stats"], batch)

@@ -21,6 +21,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dream_jax import losses
+from dream_jax.models import diffusion_head
 from dream_jax.models import gaussian_diffusion as gd
 
 # ------------------------------------------------------------------------------------------- contrastive
@@ -340,7 +341,7 @@ CONSTANTS = gd.make_schedule(1000).constants()
 
 
 def _diff_loss(w, tokens, z, mask):
-    return losses.diffusion_loss(_denoise(w), CONSTANTS, jax.random.key(3), tokens, z, mask, G, MUL, 0.5)
+    return diffusion_head.loss(_denoise(w), jax.random.key(3), tokens, z, mask, 1000, G, MUL, 0.5)
 
 
 def test_diffusion_loss_value_and_gating():
@@ -352,7 +353,7 @@ def test_diffusion_loss_value_and_gating():
     loss, metrics = _diff_loss(w, tokens, z, mask)
 
     # Reference aggregation from the per-token losses of the same draws.
-    x0, zz, _, t, noise = losses.diffusion_targets(jax.random.key(3), tokens, z, mask, MUL, 1000)
+    x0, zz, _, t, noise = diffusion_head.targets(jax.random.key(3), tokens, z, mask, MUL, 1000)
     assert x0.shape == (MUL * G * PER_GROUP * L, T) and t.min() >= 0 and t.max() < 1000
     x_t = gd.q_sample(CONSTANTS, x0, t, noise)
     per_token = np.asarray(gd.training_loss(CONSTANTS, x0, x_t, t, noise, _denoise(w)(x_t, t, zz)), np.float64)

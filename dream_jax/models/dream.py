@@ -17,7 +17,7 @@ import ml_collections
 
 from dream_jax.models import precision
 
-from dream_jax.models.diffloss import SimpleMLPAdaLN
+from dream_jax.models.diffusion_head import SimpleMLPAdaLN
 from dream_jax.models.mae import Decoder, Encoder, keep_mask
 from dream_jax.models.projection import ImageProjection
 from dream_jax.models.text import ClipTextTower, TextAligner
@@ -53,7 +53,8 @@ class DREAM(nn.Module):
                                         dtype=dtype, remat=c.remat, scan=c.scan_layers,
                                         attention=c.attention)
         self.image_projection = ImageProjection(c.proj_hidden_dim, c.embed_dim)
-        self.diffloss = SimpleMLPAdaLN(c.token_dim, c.diffloss_width, c.diffloss_depth, dtype=dtype, name="diffloss_net")
+        self.diffloss = SimpleMLPAdaLN(c.token_dim, c.diffloss_width, c.diffloss_depth, dtype=dtype,
+                                       name="diffloss_net")
         self.logit_scale = self.param("logit_scale", nn.with_logical_partitioning(
             nn.initializers.constant(math.log(1 / 0.07)), ()), (), jnp.float32)
 
