@@ -53,7 +53,7 @@ setuptools.setup(
             "gcsfs==2026.10.1",
             "google-cloud-storage==3.17.1",
         ],
-        # PyTorch side: dream_jax/export and the tests comparing with diffusers/transformers.
+        # PyTorch side: dream_jax/interop and the tests comparing with diffusers/transformers.
         "export": [
             "torch==2.13.0",
             "diffusers==0.42.1",

@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dream_jax import capacity, flops, state, train  # noqa: E402
+from dream_jax import flops, state  # noqa: E402
+from dream_jax.training import capacity, train  # noqa: E402
 
 
 def main():

@@ -20,19 +20,24 @@ Prints one JSON line per step and writes WORKDIR/onset.json.
 import argparse
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import dream_tiny
-from dream_jax import base_config
-from dream_jax import checkpoint, generate, masking, runtime, sampler, state, train
-from dream_jax import frozen as frozen_lib
-from dream_jax import tokens as tokens_lib
-from dream_jax.data import oracle, synthetic
-from dream_jax.models import diffusion_head
-from dream_jax.models.dream import DREAM
+# configs/ is not installed: the repository root holds it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import dream_tiny  # noqa: E402
+from dream_jax import base_config, checkpoint, runtime, state  # noqa: E402
+from dream_jax import frozen as frozen_lib  # noqa: E402
+from dream_jax import tokens as tokens_lib  # noqa: E402
+from dream_jax.data import oracle, synthetic  # noqa: E402
+from dream_jax.generation import generate, sampler  # noqa: E402
+from dream_jax.models import diffusion_head  # noqa: E402
+from dream_jax.models.dream import DREAM  # noqa: E402
+from dream_jax.training import masking, train  # noqa: E402
 
 
 def _config(steps, every, steps_per_epoch, overrides=()):

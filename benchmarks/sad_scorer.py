@@ -27,10 +27,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dream_tiny  # noqa: E402
-from dream_jax import generate, runtime  # noqa: E402
+from dream_jax import runtime  # noqa: E402
 from dream_jax.data import oracle, synthetic  # noqa: E402
 from dream_jax.evaluation import alignment, interface  # noqa: E402
 from dream_jax.evaluation import prompts as eval_prompts  # noqa: E402
+from dream_jax.generation import generate  # noqa: E402
 
 SIZES = {"shape": len(synthetic.SHAPES), "color": len(synthetic.COLORS), "position": len(synthetic.POSITIONS),
          "size": len(synthetic.SIZES)}

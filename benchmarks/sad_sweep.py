@@ -27,10 +27,11 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import dream_tiny  # noqa: E402
-from dream_jax import flops, generate, runtime  # noqa: E402
+from dream_jax import flops, runtime  # noqa: E402
 from dream_jax.data import oracle  # noqa: E402
 from dream_jax.evaluation import alignment, interface  # noqa: E402
 from dream_jax.evaluation import prompts as eval_prompts  # noqa: E402
+from dream_jax.generation import generate  # noqa: E402
 
 ATTRIBUTES = ("shape", "color", "position", "size", "shape_color")
 

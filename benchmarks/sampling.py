@@ -16,17 +16,22 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import dream_b, dream_tiny
-from dream_jax import flops, generate, runtime, sampler, sharding
-from dream_jax import tokens as tokens_lib
-from dream_jax.data import oracle, synthetic
-from dream_jax.models.dream import DREAM
+# configs/ is not installed: the repository root holds it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import dream_b, dream_tiny  # noqa: E402
+from dream_jax import flops, runtime, sharding  # noqa: E402
+from dream_jax import tokens as tokens_lib  # noqa: E402
+from dream_jax.data import oracle, synthetic  # noqa: E402
+from dream_jax.generation import generate, sampler  # noqa: E402
+from dream_jax.models.dream import DREAM  # noqa: E402
 
 
 def _prompts(num, seed):

@@ -38,10 +38,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dream_jax import base_config  # noqa: E402
+from dream_jax import flops, sharding  # noqa: E402
 from dream_jax import compile as compile_lib  # noqa: E402
-from dream_jax import flops, generate, sharding, train  # noqa: E402
 from dream_jax import frozen as frozen_lib  # noqa: E402
+from dream_jax.generation import generate  # noqa: E402
 from dream_jax.models import precision  # noqa: E402
+from dream_jax.training import train  # noqa: E402
 
 import official_step  # noqa: E402
 

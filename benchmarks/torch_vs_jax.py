@@ -14,17 +14,23 @@ model.precision=bfloat16). Prints one JSON line with examples/s of each side and
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 import torch
 
-from configs import dream_b, dream_tiny
-from dream_jax import masking, runtime, sharding, train
-from dream_jax.data import pipeline
-from dream_jax.export import to_pytorch
-from dream_jax.export import torch_modules as tm
+# configs/ is not installed: the repository root holds it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import dream_b, dream_tiny  # noqa: E402
+from dream_jax import runtime, sharding  # noqa: E402
+from dream_jax.data import pipeline  # noqa: E402
+from dream_jax.interop import to_pytorch  # noqa: E402
+from dream_jax.interop import torch_modules as tm  # noqa: E402
+from dream_jax.training import masking, train  # noqa: E402
 
 
 def _config(args):

@@ -23,9 +23,10 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from jax.sharding import NamedSharding, PartitionSpec
 
-from dream_jax import preflight, pretrained, tokens
+from dream_jax import preflight, tokens
 from dream_jax.data import latent_cache, webdataset
 from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.interop import pretrained
 from dream_jax.models import vae as vae_lib
 
 

@@ -21,12 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dream_jax import flops, info, pretrained, runtime, sharding, train
+from dream_jax import flops, info, runtime, sharding
 from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
 from dream_jax.data import webdataset
+from dream_jax.interop import pretrained
 from dream_jax.models import t5 as t5_lib
 from dream_jax.models import vae as vae_lib
+from dream_jax.training import train
 
 GIB = 1 << 30
 # HBM per device (a chip; v4 and v5p as megacore chips) by jax's device_kind.
@@ -113,7 +115,7 @@ def compile_stats(config):
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh, config, v.ndim))
              for k, v in abstract_batch(config).items()}
     # The worst case: the encoder on all positions (plan (), what a step whose classes all need full capacity
-    # runs); steps at lower mask ratios compute and hold less (dream_jax/capacity.py).
+    # runs); steps at lower mask ratios compute and hold less (dream_jax/training/capacity.py).
     step = train.jit_step(config, mesh, rt.frozen, batch, plan=())
     ratios = jax.ShapeDtypeStruct((config.masking.num_groups,), jnp.float32, sharding=sharding.replicated(mesh))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):

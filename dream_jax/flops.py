@@ -4,7 +4,7 @@ The encoder is counted on the buffer + visible tokens only (the compute MAR/DREA
 on all Bf + L positions; the diffusion head on L tokens x batch_mul, as the authors compute it. Training of the
 trainable parts costs 3x their forward (backward = 2x forward); the frozen T5 runs forward only.
 
-generation_flops counts text-to-image decoding (dream_jax/generate.py) the same way: per step the encoder at the
+generation_flops counts text-to-image decoding (generation/generate.py) the same way: per step the encoder at the
 step's capacity bucket, the decoder on all positions and the diffusion head on the step's padded head capacity,
 times two with CFG; SAD runs the steps before T_c for K candidates and scores each once.
 
@@ -14,7 +14,7 @@ W head or tower width, T token dim, C CLIP context, P projection hidden, E embed
 
 import math
 
-from dream_jax import generate
+from dream_jax.generation import generate
 
 
 def _block(n, d, m, kv_len=None):

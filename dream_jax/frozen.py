@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dream_jax import pretrained, tokens
+from dream_jax import tokens
 from dream_jax.data import synthetic
+from dream_jax.interop import pretrained
 from dream_jax.models import patch_pca, precision
 from dream_jax.models import patchify as patchify_lib
 from dream_jax.models import t5 as t5_lib

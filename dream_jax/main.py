@@ -71,14 +71,14 @@ def _run(config, mode, workdir):
     if not workdir:
         raise UserError(f"--workdir is required for --mode={mode}")
     if mode == "train":
-        from dream_jax import train
+        from dream_jax.training import train
 
         try:
             train.train_and_evaluate(config, workdir)
         except train.NonFiniteError as e:  # not a usage error: exit 1, but one line, not a traceback
             _fail(e, code=1)
     elif mode == "sample":
-        from dream_jax import sample
+        from dream_jax.generation import sample
 
         sample.sample_to_workdir(config, workdir, _PROMPTS.value, _NUM_SAMPLES.value, _SEED.value)
     elif mode == "eval":
@@ -89,7 +89,7 @@ def _run(config, mode, workdir):
         if mode == "import" and not _IMPORT_PATH.value:
             raise UserError("--import_path=FILE is required for --mode=import")
         try:
-            from dream_jax.export import to_pytorch
+            from dream_jax.interop import to_pytorch
         except ImportError as e:
             raise UserError(f"--mode={mode} needs torch and safetensors: pip install -e '.[export]' ({e})") from e
         if mode == "export":

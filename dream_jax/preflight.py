@@ -3,8 +3,8 @@ checked at once, so a run that lacks its data does not first spend minutes loadi
 
 import os
 
-from dream_jax import pretrained
 from dream_jax.data import clip_tokenizer, pipeline
+from dream_jax.interop import pretrained
 
 
 def missing_files(config):

@@ -152,7 +152,8 @@ def checkout_root():
 
 sys.path.insert(0, str(checkout_root()))
 from configs import dream_tiny  # noqa: E402
-from dream_jax import sharding, train  # noqa: E402
+from dream_jax import sharding  # noqa: E402
+from dream_jax.training import train  # noqa: E402
 
 
 def notebook_config():
@@ -193,9 +194,11 @@ print(f"mesh {dict(mesh.shape)}: {config.batch_size // sharding.batch_divisor(me
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from dream_jax import masking, runtime, sampler
+from dream_jax import runtime
 from dream_jax import tokens as tokens_lib
 from dream_jax.data import synthetic
+from dream_jax.generation import sampler
+from dream_jax.training import masking
 
 BOXES = {  # name: (x, y, text); the block diagram of one training step
     "image": (0.08, 0.5, "image\n-> 16 tokens"),
@@ -390,8 +393,9 @@ plt.show()
 # (both rows) DREAM's cosine between the finished image and its prompt.
 
 # %% tags=["samples"]
-from dream_jax import generate, imaging
+from dream_jax import imaging
 from dream_jax.evaluation import interface, zero_shot
+from dream_jax.generation import generate
 
 variables, ckpt_step = runtime.restore_variables(rt, WORKDIR, use_ema=True)
 ctx = interface.make_context(rt, WORKDIR, variables, ckpt_step, use_ema=True)
@@ -497,7 +501,7 @@ def torch_embeddings(model, config, frozen, images, prompt_ids):
 if importlib.util.find_spec("torch") is None:
     print("torch is not installed here: skipping the PyTorch export (pip install -e '.[export]')")
 else:
-    from dream_jax.export import to_pytorch
+    from dream_jax.interop import to_pytorch
 
     pth, tensors = to_pytorch.export_to_workdir(config, WORKDIR, mesh=mesh)
     torch_model = to_pytorch.load_pytorch_model(pth)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save_file
 
-from dream_jax import pretrained
+from dream_jax.interop import pretrained
 from dream_jax.models import vae
 
 SAMPLES_PER_SHARD = 6

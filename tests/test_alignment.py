@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import generate
 from dream_jax.evaluation import alignment, interface
+from dream_jax.generation import generate
 
 P, S, K = 3, 2, 4
 

@@ -1,11 +1,13 @@
 """The dependency direction of dream_jax (.importlinter, README "Layout"): the layers contract holds, every
-top-level module has a layer, an upward import breaks it, and there is no import cycle, no function-level import
-of the library outside main.py's lazy modes, and no read of another module's private names."""
+module has a layer, an upward import breaks it, README lists the same layers, and there is no import cycle, no
+function-level import of the library outside main.py's lazy modes, and no read of another module's private
+names."""
 
 import ast
 import configparser
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -35,10 +37,14 @@ def test_the_layers_contract_is_kept():
     assert lint_imports(config_filename=str(CONTRACT), no_cache=True, no_logo=True) == 0
 
 
-def test_every_top_level_module_has_a_layer():
+def test_every_module_has_a_layer():
+    """Every top-level module, and every package either as a whole or module by module."""
     listed = {name for layer in _layers() for name in layer}
     present = {f"dream_jax.{p.stem}" for p in LIBRARY.glob("*.py") if p.stem != "__init__"}
-    present |= {f"dream_jax.{p.parent.name}" for p in LIBRARY.glob("*/__init__.py")}
+    for package in (p.parent for p in LIBRARY.glob("*/__init__.py")):
+        name = f"dream_jax.{package.name}"
+        present |= {name} if name in listed else {f"{name}.{p.stem}" for p in package.glob("*.py")
+                                                   if p.stem != "__init__"}
     assert listed == present, f"missing from .importlinter: {present - listed}; listed but absent: {listed - present}"
 
 
@@ -47,14 +53,14 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     finder is removed so that the copy is the one analysed)."""
     shutil.copytree(LIBRARY, tmp_path / "dream_jax", ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / "dream_jax" / "models" / "dream.py", "a") as f:
-        f.write("\nfrom dream_jax import train  # noqa: E402,F401\n")
+        f.write("\nfrom dream_jax.training import train  # noqa: E402,F401\n")
     script = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]; "
               f"sys.path.insert(0, {str(tmp_path)!r}); from importlinter.cli import lint_imports; "
               f"sys.exit(lint_imports(config_filename={str(CONTRACT)!r}, no_cache=True, no_logo=True))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "BROKEN" in done.stdout and "dream_jax.models.dream -> dream_jax.train" in done.stdout, done.stdout
+    assert "BROKEN" in done.stdout and "dream_jax.models.dream -> dream_jax.training.train" in done.stdout, done.stdout
 
 
 def test_no_import_cycle():
@@ -113,3 +119,15 @@ def test_no_module_reads_another_modules_private_names():
                   if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                   and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")]
     assert reads == []
+
+
+def test_readme_lists_the_layers_in_the_contracts_order():
+    """README "Layout"'s numbered list is the contract's layers, top to bottom (packages written as `name/`)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Layout"):]
+    items = re.findall(r"^\d+\. (.+(?:\n   .+)*)", section, re.MULTILINE)
+    listed = [sorted(re.findall(r"`([\w./]+)`", item)) for item in items]
+    layers = [sorted(name.removeprefix("dream_jax.") + ("/" if (LIBRARY / name.split(".", 1)[1]).is_dir() and
+                                                       name.count(".") == 1 else "") for name in layer)
+              for layer in _layers()]
+    assert listed == layers

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from dream_jax import checkpoint, sharding, train
+from dream_jax import checkpoint, sharding
+from dream_jax.training import train
 
 
 def _random_state(abstract, seed=0):

@@ -10,8 +10,8 @@ import jax
 import pytest
 
 from configs import dream_tiny
-from dream_jax import base_config
-from dream_jax import sharding, train
+from dream_jax import base_config, sharding
+from dream_jax.training import train
 
 
 @pytest.mark.parametrize("name", ["dream_b", "dream_l", "dream_h", "dream_g", "dream_tiny"])

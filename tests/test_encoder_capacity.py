@@ -1,4 +1,4 @@
-"""The encoder at a capacity plan (gathered visible tokens, dream_jax/capacity.py) == the key-masked encoder.
+"""The encoder at a capacity plan (gathered visible tokens, dream_jax/training/capacity.py) == the key-masked encoder.
 
 Checked at three levels: the Encoder module on its own (with a too-small capacity as the control that can fail);
 the training loss, metrics, BatchNorm statistics and gradients of test_sharded_equivalence's tiny config, on one
@@ -21,10 +21,11 @@ import test_encoder_exact as ee
 import test_grad_accum as ga
 import test_sharded_equivalence as se
 import train_helpers as th
-from dream_jax import capacity, masking, sharding, train
+from dream_jax import sharding
 from dream_jax import compile as compile_lib
 from dream_jax import frozen as frozen_lib
 from dream_jax.models.mae import Encoder, keep_mask
+from dream_jax.training import capacity, masking, train
 
 
 def _encoder(plan):

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dream_jax import masking
 from dream_jax.models.dream import mean_pool
 from dream_jax.models.mae import Encoder, keep_mask
 from dream_jax.models.transformer import Block
+from dream_jax.training import masking
 
 WIDTH, DEPTH, HEADS, MLP, BUFFER, CLASSES = 64, 2, 4, 96, 4, 3
 LENGTH, TOKEN_DIM = 64, 12

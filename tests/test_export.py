@@ -1,4 +1,4 @@
-"""Tests of dream_jax.export: the authors' layout both ways, and the standalone PyTorch DREAM against Flax.
+"""Tests of dream_jax.interop: the authors' layout both ways, and the standalone PyTorch DREAM against Flax.
 
 Weights are random (every leaf, including the zero-initialised adaLN and output layers and the BN statistics), so
 each comparison exercises every parameter. The key table of B/L/H/G is generated from OFFICIAL_LAYOUT.md
@@ -20,15 +20,16 @@ import official_layout
 import train_helpers as th
 
 from configs import dream_b, dream_g, dream_h, dream_l
-from dream_jax import checkpoint, masking, sharding, train
+from dream_jax import checkpoint, sharding
 from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
-from dream_jax.data import tokenizers as tokenizers_lib
 from dream_jax.data import pipeline
-from dream_jax.export import layout, to_pytorch
-from dream_jax.export import torch_modules as tm
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.interop import layout, to_pytorch
+from dream_jax.interop import torch_modules as tm
 from dream_jax.models import diffusion_head, gaussian_diffusion
 from dream_jax.models.dream import DREAM
+from dream_jax.training import masking, train
 
 TOL = 1e-4
 
@@ -282,8 +283,8 @@ def test_only_namespace_is_unpickled(tmp_path, config, variables):
 
 
 def test_torch_stays_out_of_the_jax_path():
-    code = ("import sys; import dream_jax.main, dream_jax.train, dream_jax.sample, dream_jax.export.layout; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys; import dream_jax.main, dream_jax.training.train, dream_jax.generation.sample, "
+            "dream_jax.interop.layout; assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], check=False, cwd=th.REPO, capture_output=True, text=True,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr[-2000:]

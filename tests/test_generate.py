@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import flops, generate, state
-from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import flops, state
 from dream_jax import frozen as frozen_lib
 from dream_jax import tokens as tokens_lib
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.generation import generate
 
 
 def small_config():

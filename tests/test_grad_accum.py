@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 import test_sharded_equivalence as se
-from dream_jax import sharding, train
-from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import sharding
 from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.training import train
 
 
 def _args(config, mesh):

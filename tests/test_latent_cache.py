@@ -15,12 +15,13 @@ import pytest
 
 import data_helpers as dh
 import train_helpers as th
+from dream_jax import sharding
 from dream_jax import cache as cache_job
 from dream_jax import frozen as frozen_lib
-from dream_jax import sharding, train
 from dream_jax import tokens as tokens_lib
 from dream_jax.data import latent_cache, pipeline, webdataset
 from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.training import train
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_writer_encodes_crop_and_flip_and_counts_bad_samples(files, cache):
     # The moments are the VAE's (mean, logvar) of the ADM crop and of its mirror image, stored as float16.
     source = webdataset.WebDatasetSource(webdataset.shard_paths(shards))
     crops = np.stack([webdataset.Decode(32).map(source[i])["image"] for i in dh.good_indices()])
-    from dream_jax import pretrained
+    from dream_jax.interop import pretrained
     from dream_jax.models import vae as vae_lib
 
     cfg, params = pretrained.load_vae(vae_path)

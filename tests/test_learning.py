@@ -17,9 +17,10 @@ from PIL import Image
 
 import train_helpers as th
 from configs import dream_tiny
-from dream_jax import runtime, sampler, sharding, state
+from dream_jax import runtime, sharding, state
 from dream_jax.data import oracle, synthetic
 from dream_jax.evaluation import interface, zero_shot
+from dream_jax.generation import sampler
 
 
 STEPS = 1000

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dream_jax import losses
-from dream_jax.models import diffusion_head
+from dream_jax.models import contrastive, diffusion_head
 from dream_jax.models import gaussian_diffusion as gd
 
 # ------------------------------------------------------------------------------------------- contrastive
@@ -122,7 +121,7 @@ def _mesh8():
 @jax.jit
 def _clip_value_and_grad(img, txt, log_scale, valid):
     def f(i, t, s):
-        return losses.contrastive_loss(i, t, s, valid)
+        return contrastive.loss(i, t, s, valid)
 
     return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(img, txt, log_scale)
 
@@ -162,49 +161,49 @@ def _filtered_batch():
 def test_filtered_loss_is_the_authors_not_the_sub_batch_clip_loss():
     # The former symmetric reading of the filter, the valid sub-batch's CLIP loss, fails here (1.1157 vs 1.2360).
     img, txt, log_scale, valid = _filtered_batch()
-    loss, acc = losses.contrastive_loss(img, txt, log_scale, valid)
+    loss, acc = contrastive.loss(img, txt, log_scale, valid)
     ref_loss, ref_acc = np_clip_loss(img, txt, float(log_scale), valid)[:2]
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     np.testing.assert_allclose(acc, ref_acc, rtol=1e-6)
     assert abs(ref_loss - np_sub_batch_clip_loss(img, txt, float(log_scale), valid)) > 1e-2
     # With every sample valid the two readings are one and the same CLIP loss.
     all_valid = np.ones(8, bool)
-    np.testing.assert_allclose(losses.contrastive_loss(img, txt, log_scale, all_valid)[0],
+    np.testing.assert_allclose(contrastive.loss(img, txt, log_scale, all_valid)[0],
                                np_sub_batch_clip_loss(img, txt, float(log_scale), all_valid), rtol=1e-5)
 
 
 def test_filtered_image_is_dropped_but_its_text_stays_a_negative():
     img, txt, log_scale, valid = _filtered_batch()
-    base = losses.contrastive_loss(img, txt, log_scale, valid)
+    base = contrastive.loss(img, txt, log_scale, valid)
     # A filtered image is neither a query nor a negative: moving it onto a valid text changes nothing.
     img2 = img.copy()
     img2[2] = txt[1] * 5
     img2[5] = txt[3]
-    for got, want in zip(losses.contrastive_loss(img2, txt, log_scale, valid), base):
+    for got, want in zip(contrastive.loss(img2, txt, log_scale, valid), base):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     # A filtered text is still a negative of the valid images' i2t queries: moving it onto one changes the loss.
     txt2 = txt.copy()
     txt2[2] = img[0] * 5
-    moved = losses.contrastive_loss(img, txt2, log_scale, valid)[0]
+    moved = contrastive.loss(img, txt2, log_scale, valid)[0]
     assert float(moved) - float(base[0]) > 1e-2
     np.testing.assert_allclose(moved, np_clip_loss(img, txt2, float(log_scale), valid)[0], rtol=1e-5)
 
 
 def test_l2_normalize_values_and_finite_gradient_at_zero():
     x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
-    np.testing.assert_allclose(losses.l2_normalize(x), x / np.linalg.norm(x, axis=-1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(contrastive.l2_normalize(x), x / np.linalg.norm(x, axis=-1, keepdims=True), rtol=1e-6)
     # A batch whose every example is fully masked: the projection's batch norm makes each image embedding exactly
     # 0 and no sample is valid. The loss is 0 and its gradient must be finite (|x|'s own gradient at 0 is 0/0,
     # which stopped a fixed-ratio-1.0 training run at its first step).
     img, txt = np.zeros((4, 6), np.float32), _batch(3, batch=4, dim=6)[1]
     none = np.zeros(4, bool)
-    (loss, acc), grads = jax.value_and_grad(lambda a, b: losses.contrastive_loss(a, b, jnp.float32(2.0), none),
+    (loss, acc), grads = jax.value_and_grad(lambda a, b: contrastive.loss(a, b, jnp.float32(2.0), none),
                                             argnums=(0, 1), has_aux=True)(img, txt)
     assert float(loss) == 0.0 and float(acc) == 0.0
     for g in grads:
         assert np.all(np.asarray(g) == 0)
     # Control: zero rows among valid ones still get a finite, non-zero gradient.
-    g = jax.grad(lambda a: losses.contrastive_loss(a, txt, jnp.float32(2.0), np.ones(4, bool))[0])(img)
+    g = jax.grad(lambda a: contrastive.loss(a, txt, jnp.float32(2.0), np.ones(4, bool))[0])(img)
     assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
 
 

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from dream_jax import base_config
-from dream_jax import masking
+from dream_jax.training import masking
 
 N = 50_000
 STEPS_PER_EPOCH = 100

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import train
 from dream_jax import frozen as frozen_lib
 from dream_jax import tokens as tokens_lib
 from dream_jax.data import oracle, synthetic
 from dream_jax.models import patch_pca
+from dream_jax.training import train
 
 
 def _patches(seed, n=500, p=12):

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from dream_jax import sharding, train
-from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import sharding
 from dream_jax import frozen as frozen_lib
+from dream_jax.data import tokenizers as tokenizers_lib
 from dream_jax.models import precision
 from dream_jax.state import abstract_state
+from dream_jax.training import train
 
 
 def _setup(name):

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dream_jax.export import layout
+from dream_jax.interop import layout
 from dream_jax.models.projection import BatchNorm, ImageProjection
 
 torch = pytest.importorskip("torch")
 
-from dream_jax.export import torch_modules as tm  # noqa: E402  (needs torch)
+from dream_jax.interop import torch_modules as tm  # noqa: E402  (needs torch)
 
 B, D, P, E = 8, 12, 16, 6
 PREFIX = "image_projection."

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import dream_tiny
-from dream_jax import sample
+from dream_jax.generation import sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,7 @@ import pytest
 import train_helpers as th
 
 from dream_jax import state as state_lib
-from dream_jax.export import layout, to_pytorch
+from dream_jax.interop import layout, to_pytorch
 from dream_jax.models.dream import DREAM
 
 BATCH = 4

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import sharding, train
-from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import sharding
 from dream_jax import frozen as frozen_lib
 from dream_jax import state as state_lib
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.training import train
 
 BATCH = 16
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]

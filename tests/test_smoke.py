@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 import train_helpers as th
-from dream_jax import train
+from dream_jax.training import train
 
 
 def test_one_step_trains_checkpoints_and_evaluates(tmp_path):

@@ -16,7 +16,7 @@ import study  # noqa: E402
 import train_tiny  # noqa: E402
 from configs import dream_tiny
 from dream_jax import base_config  # noqa: E402
-from dream_jax import masking, train  # noqa: E402
+from dream_jax.training import masking, train  # noqa: E402
 
 
 def _config(arm):

@@ -14,9 +14,9 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import study_curves  # noqa: E402
 from configs import dream_tiny
 from dream_jax import base_config  # noqa: E402
-from dream_jax import train  # noqa: E402
-from dream_jax.evaluation import report  # noqa: E402
 from dream_jax.evaluation import registry  # noqa: E402
+from dream_jax.evaluation import report  # noqa: E402
+from dream_jax.training import train  # noqa: E402
 
 
 @pytest.mark.parametrize("arm", ["dream", "no_warmup"])

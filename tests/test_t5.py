@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dream_jax import pretrained
+from dream_jax.interop import pretrained
 from dream_jax.models import t5
 
 TOL = 1e-4

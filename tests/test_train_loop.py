@@ -1,4 +1,4 @@
-"""Tests of the training loop (dream_jax.train) as a user runs it: learning, bit-exact resume after SIGKILL,
+"""Tests of the training loop (dream_jax.training.train) as a user runs it: learning, bit-exact resume after SIGKILL,
 SIGTERM preemption, the NaN guard, and the metrics it writes.
 
 Runs are real `python -m dream_jax.main` subprocesses (or small scripts around the library) on one CPU device
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from dream_jax import checkpoint, sharding, train
+from dream_jax import checkpoint, sharding
+from dream_jax.training import train
 
 STEPS = 20  # the resume test checkpoints at STEPS // 2 and STEPS; the kill must land between them
 HALF = STEPS // 2
@@ -101,10 +102,11 @@ import numpy as np
 
 sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]  # tests/ and the repo root (configs/)
 import train_helpers as th
-from dream_jax import sharding, train
-from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax import sharding
 from dream_jax import frozen as frozen_lib
 from dream_jax.data import pipeline
+from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.training import train
 
 config = th.tiny_config()
 mesh = sharding.make_mesh(config)
@@ -164,7 +166,8 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from dream_jax import main, train
+from dream_jax import main
+from dream_jax.training import train
 
 bad = int(sys.argv.pop(1))
 real_compile_step = train.compile_step

@@ -8,7 +8,7 @@ Two measures:
     visible, as zero-shot) and its text-tower embedding of the prompt: the SAD critic applied to the final
     image, averaged over samples. The paper's CLIP Score uses an external CLIP whose version is not published
     (PAPER.md §4), so this is the model's self-consistency, not that number.
-Generation is dream_jax/sampler.py's batched sampler with the config's settings; "plain" decoding is the same with
+Generation is generation/sampler.py's batched sampler with the config's settings; "plain" decoding is the same with
 one candidate (num_candidates=1, sad_step=0).
 
 Dimension letters: P prompts, S samples per prompt, N = P S images, E embedding dim.
@@ -17,9 +17,10 @@ Dimension letters: P prompts, S samples per prompt, N = P S images, E embedding 
 import jax
 import numpy as np
 
-from dream_jax import batching, generate
+from dream_jax import batching
 from dream_jax.data import oracle
 from dream_jax.evaluation import interface, prompts, shape_classifier
+from dream_jax.generation import generate
 
 # prompts: 'shapes' (held-out captions, read back by the oracle) or a text file; num_prompts (cycled) x
 # samples_per_prompt images per mode. classifier: a file path ('' = off; 'shapes' prompts only) adds each mode's

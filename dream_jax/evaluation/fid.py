@@ -25,10 +25,11 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from dream_jax import batching, generate, sharding
+from dream_jax import batching, sharding
 from dream_jax.data import eval_sources
-from dream_jax.evaluation import features as features_lib
 from dream_jax.evaluation import interface, prompts
+from dream_jax.evaluation import features as features_lib
+from dream_jax.generation import generate
 from dream_jax.models.inception import FIDInceptionV3
 
 WEIGHTS_HINT = ("a local copy of the standard FID Inception weights: pytorch-fid's "

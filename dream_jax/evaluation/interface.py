@@ -21,8 +21,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dream_jax import batching, losses, sampler, tokens
+from dream_jax import batching, tokens
+from dream_jax.generation import sampler
+
 from dream_jax.evaluation import features as features_lib
+from dream_jax.models import contrastive
 from dream_jax.models.dream import DREAM
 
 
@@ -66,12 +69,12 @@ def _image_embedding(config, variables, frozen, images, rng):
     model = DREAM(config.model)
     x_tokens = tokens.images_to_tokens(config, frozen, images, rng)
     x, keep = model.apply(variables, x_tokens, jnp.zeros(x_tokens.shape[:2], bool), method=DREAM.encode)
-    return losses.l2_normalize(model.apply(variables, x, keep, method=DREAM.image_embedding))
+    return contrastive.l2_normalize(model.apply(variables, x, keep, method=DREAM.image_embedding))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _text_embedding(config, variables, ids):
-    return losses.l2_normalize(DREAM(config.model).apply(variables, ids, method=DREAM.text_embedding))
+    return contrastive.l2_normalize(DREAM(config.model).apply(variables, ids, method=DREAM.text_embedding))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "pooling"))

@@ -6,8 +6,8 @@ Dimension letters: P prompts.
 
 import numpy as np
 
-from dream_jax import sampler
 from dream_jax.data import synthetic
+from dream_jax.generation import sampler
 
 HINT = "'shapes' or a text file with one prompt per line"
 

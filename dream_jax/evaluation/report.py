@@ -11,9 +11,9 @@ import dataclasses
 
 import ml_collections
 
-from dream_jax import sample, sampler
 from dream_jax.data import synthetic
 from dream_jax.evaluation import run as eval_run
+from dream_jax.generation import sample, sampler
 
 # Chance of an oracle match per attribute: one uniformly drawn value of each attribute's table.
 CHANCE = {"shape": 1 / len(synthetic.SHAPES), "color": 1 / len(synthetic.COLORS),

@@ -11,9 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dream_jax import batching, losses
+from dream_jax import batching
+
 from dream_jax.data import eval_sources, synthetic
 from dream_jax.evaluation import features as features_lib
+from dream_jax.models import contrastive
 
 # CLIP's prompt ensemble for zero-shot classification of natural images.
 CLIP_TEMPLATES = ("a photo of a {}.", "itap of a {}.", "a bad photo of the {}.", "a origami {}.",
@@ -38,7 +40,7 @@ def class_embeddings(predict, prompts_per_class):
     out = []
     for prompts in prompts_per_class:
         emb = predict.text_embedding(jnp.asarray(predict.clip_ids(prompts)))
-        out.append(losses.l2_normalize(jnp.mean(emb, axis=0)))
+        out.append(contrastive.l2_normalize(jnp.mean(emb, axis=0)))
     return np.asarray(jnp.stack(out))
 
 

@@ -1,7 +1,7 @@
 """MAR's DiffLoss in one place: the denoiser network (SimpleMLPAdaLN), its training loss, and its sampler with
-classifier-free guidance. Training (train.py) and decoding (generate.py) call `loss` and `sample` with a
-`denoise(x_t, t, z) -> [N, 2T]` function (the DREAM module's `denoise` method under their variables); the
-diffusion maths itself is models/gaussian_diffusion.py, as MAR's DiffLoss builds on IDDPM's.
+classifier-free guidance. Training (training/train.py) and decoding (generation/generate.py) call `loss` and
+`sample` with a `denoise(x_t, t, z) -> [N, 2T]` function (the DREAM module's `denoise` method under their
+variables); the diffusion maths itself is models/gaussian_diffusion.py, as MAR's DiffLoss builds on IDDPM's.
 
 Network: structure and init follow LTH14/mar models/diffloss.py: input_proj, a 256-d sinusoidal time embedding
 through Linear-SiLU-Linear, cond_embed, `depth` adaLN residual blocks, a final adaLN layer producing

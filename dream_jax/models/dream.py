@@ -32,7 +32,7 @@ def mean_pool(x, keep):
 class DREAM(nn.Module):
     """All trainable parameters of DREAM; `config` is the `model` section of a dream_jax config.
 
-    `capacity`: the encoder's capacity plan (dream_jax/capacity.py; () = all positions), a static argument of
+    `capacity`: the encoder's capacity plan (dream_jax/training/capacity.py; () = all positions), a static argument of
     the train step and the sampler's steps; the parameters do not depend on it."""
 
     config: ml_collections.ConfigDict

@@ -5,7 +5,7 @@ them 64 learned register tokens at distinct positions). Shapes stay static: ever
 computed, and masked positions are removed as attention *keys*, so each visible output is exactly what running
 on the gathered visible tokens + buffer gives (LayerNorm and MLP act per token). In training, `capacity` makes
 the encoder's compute follow the visible tokens: classes of the batch gather their visible tokens into a static
-number of slots (see Encoder and dream_jax/capacity.py); the result is the same. The decoder puts the learned
+number of slots (see Encoder and dream_jax/training/capacity.py); the result is the same. The decoder puts the learned
 mask token at masked positions, self-attends over all Bf + L, cross-attends to the aligned text, drops the
 buffer and adds the diffusion position embedding, giving one condition vector z per image token.
 
@@ -41,7 +41,7 @@ class Encoder(nn.Module):
     """tokens [B, L, T], mask [B, L] (True = masked) -> [B, P, D] (rows where ~keep are don't-care).
 
     `capacity` () computes all P positions, masked ones removed as keys. A tuple of K capacities C_c (a plan of
-    dream_jax/capacity.py) cuts the batch into K contiguous classes; class c gathers each example's visible tokens
+    training/capacity.py) cuts the batch into K contiguous classes; class c gathers each example's visible tokens
     (then masked ones, key-masked, up to C_c) and runs the blocks on Bf + C_c positions only, then scatters back.
     Exact when every example of class c has at most C_c visible tokens, which the plan guarantees.
     """

@@ -8,7 +8,7 @@ DenseReluDense wi/wo) and `gated-gelu` (T5 v1.1: wi_0/wi_1/wo with the tanh GELU
 
 Submodule names mirror transformers' state_dict (`encoder.block.0.layer.0.SelfAttention.q.weight` lives at
 `encoder/block_0/layer_0/SelfAttention/q/kernel`), so conversion is a rename plus a transpose; weights come
-from `dream_jax.pretrained.load_t5`.
+from `dream_jax.interop.pretrained.load_t5`.
 
 Dimension letters: B batch, L tokens, D d_model, N heads, K d_kv (per-head width), F d_ff, R buckets.
 """

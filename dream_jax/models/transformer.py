@@ -238,7 +238,7 @@ def stack(cls, depth, name, scan, remat, **fields):
 
     Unrolled (`scan` False): submodules `{name}_0` ... `{name}_{depth-1}`. Scanned: one nn.scan submodule `name`
     whose parameters carry a leading `layers` axis of size depth (maxtext's scan_layers), so XLA compiles one block
-    instead of depth; dream_jax/export/layout.py maps both to the authors' per-block keys. `remat` names a
+    instead of depth; dream_jax/interop/layout.py maps both to the authors' per-block keys. `remat` names a
     REMAT_POLICIES entry. Call it inside the parent's compact method; the function may be called several times
     (the encoder's capacity classes), sharing the parameters.
     """

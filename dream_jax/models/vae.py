@@ -2,7 +2,7 @@
 
 DREAM tokenizes images with the frozen `stabilityai/sd-vae-ft-ema` VAE (PAPER.md §1.1): the encoder gives the
 moments of a diagonal Gaussian posterior, training uses a *sample* of it times `SCALE`, and generation decodes
-`tokens / SCALE`. This file holds the architecture only; weights come from `dream_jax.pretrained.load_vae`.
+`tokens / SCALE`. This file holds the architecture only; weights come from `dream_jax.interop.pretrained.load_vae`.
 
 Submodule names mirror the diffusers state_dict (`encoder.down_blocks.0.resnets.1.conv1.weight` lives at
 `encoder/down_blocks_0/resnets_1/conv1/kernel`), so conversion is a rename of `.N` to `_N` plus a transpose.

@@ -7,8 +7,9 @@ Output in WORKDIR/samples/: `grid_step{S}_seed{R}.png` (one row per prompt, one 
 import json
 import os
 
-from dream_jax import generate, imaging, runtime, sampler
+from dream_jax import imaging, runtime
 from dream_jax.data import tokenizers as tokenizers_lib
+from dream_jax.generation import generate, sampler
 
 
 def sample_to_workdir(config, workdir, prompts_path, num_samples, seed):

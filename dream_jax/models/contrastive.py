@@ -25,7 +25,7 @@ def l2_normalize(x, eps=1e-12):
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
-def contrastive_loss(img_emb, txt_emb, logit_scale, valid):
+def loss(img_emb, txt_emb, logit_scale, valid):
     """Filtered InfoNCE, the authors' filter (see the module docstring). Returns (loss, accuracy).
 
     img_emb, txt_emb [B, E]; valid bool [B]. The authors' i2t rows and t2i columns of a filtered sample are both

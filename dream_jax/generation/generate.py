@@ -38,9 +38,8 @@ import ml_collections
 import numpy as np
 
 from dream_jax import frozen as frozen_lib
-from dream_jax import losses
 from dream_jax import tokens as tokens_lib
-from dream_jax.models import diffusion_head
+from dream_jax.models import contrastive, diffusion_head
 from dream_jax.models.dream import DREAM
 
 
@@ -228,7 +227,7 @@ def sad_scores(config, variables, tokens, mask, text_emb, encoder_capacity=None)
     encoder = model if encoder_capacity is None else _encoder_with_capacity(config.model, encoder_capacity)
     x, keep = encoder.apply(variables, tokens, mask, method=DREAM.encode)
     img = model.apply(variables, x, keep, method=DREAM.image_embedding)
-    return jnp.sum(losses.l2_normalize(img) * losses.l2_normalize(text_emb), axis=-1)
+    return jnp.sum(contrastive.l2_normalize(img) * contrastive.l2_normalize(text_emb), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "opts"))

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import torch
 
-from dream_jax import checkpoint as checkpoint_lib
 from dream_jax import runtime, sharding
+from dream_jax import checkpoint as checkpoint_lib
 from dream_jax import state as state_lib
 from dream_jax.data import pipeline
 from dream_jax.data import tokenizers as tokenizers_lib
-from dream_jax.export import layout, torch_modules
+from dream_jax.interop import layout, torch_modules
 
 SAFE_GLOBALS = (argparse.Namespace,)
 

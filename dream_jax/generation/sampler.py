@@ -13,8 +13,9 @@ import time
 import jax
 import numpy as np
 
-from dream_jax import batching, generate, summary, tokens
+from dream_jax import batching, summary, tokens
 from dream_jax.data import synthetic
+from dream_jax.generation import generate
 
 DEFAULT_PROMPTS = {
     "shapes": [synthetic.caption(0, 0, 0, 1, 0), synthetic.caption(1, 2, 4, 1, 0), synthetic.caption(2, 3, 3, 0, 1),

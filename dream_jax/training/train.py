@@ -23,18 +23,19 @@ import optax
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
+from dream_jax import preflight, runtime, sharding
 from dream_jax import checkpoint as checkpoint_lib
-from dream_jax import capacity, losses, masking, preflight, profiler, runtime, sharding
 from dream_jax import frozen as frozen_lib
-from dream_jax import tokens as tokens_lib
 from dream_jax import summary as summary_lib
-from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
-                             state_shardings, total_steps)
+from dream_jax import tokens as tokens_lib
 from dream_jax.data import pipeline
 from dream_jax.evaluation import report
 from dream_jax.evaluation import run as eval_run
-from dream_jax.models import diffusion_head, precision, transformer
+from dream_jax.models import contrastive, diffusion_head, precision, transformer
 from dream_jax.models.dream import DREAM, mean_pool
+from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
+                             state_shardings, total_steps)
+from dream_jax.training import capacity, masking, profiler
 
 
 # ---------------------------------------------------------------------------------------------------- loss
@@ -48,7 +49,7 @@ def mask_ratios(config, step):
     """float32 [G]: the step's group ratios (from step_rngs' "ratios" key), ascending.
 
     Which group gets which of a step's ratios is free (a batch's examples are exchangeable); ascending, contiguous
-    groups have similar ratios, so the encoder's classes of contiguous groups (dream_jax/capacity.py) each run at
+    groups have similar ratios, so the encoder's classes of contiguous groups (training/capacity.py) each run at
     a capacity close to their own visible counts. The train loop draws them before the step (host_mask_ratios) to
     choose the step's capacity plan and hands them in; a caller without them (tests) gets the same draw in the step.
     """
@@ -87,7 +88,7 @@ def prepare_inputs(config, frozen, batch, rngs, step, ratios=None):
 
 def loss_fn(params, batch_stats, config, frozen, batch, step, ratios=None, plan=()):
     """Total loss and metrics of one global batch; returns (loss, (metrics, new batch_stats)). `plan`: the
-    encoder's capacity plan (dream_jax/capacity.py; () = all positions)."""
+    encoder's capacity plan (dream_jax/training/capacity.py; () = all positions)."""
     model = DREAM(config.model, capacity=plan)
     rngs = step_rngs(config, step)
     tokens, mask, ratios, cond = prepare_inputs(config, frozen, batch, rngs, step, ratios)
@@ -96,7 +97,7 @@ def loss_fn(params, batch_stats, config, frozen, batch, step, ratios=None, plan=
         rngs={"dropout": rngs["dropout"]}, mutable=["batch_stats"])
     visible = 1.0 - jnp.mean(mask.astype(jnp.float32), axis=-1)
     valid = visible >= config.loss.min_visible_for_clip
-    clip_loss, clip_acc = losses.contrastive_loss(img, txt, logit_scale, valid)
+    clip_loss, clip_acc = contrastive.loss(img, txt, logit_scale, valid)
     gen_loss, gen_metrics = diffusion_head.loss(
         functools.partial(_head, model, params), rngs["diffusion"], tokens, z, mask, config.diffusion.num_steps,
         config.masking.num_groups, config.diffusion.batch_mul, config.loss.min_masked_for_gen)
@@ -185,14 +186,14 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=N
     pooled, txt = pooled.reshape(size, -1), txt.reshape(size, -1)  # contiguous slices: the batch's order
     valid = 1.0 - jnp.mean(mask.astype(jnp.float32), axis=-1) >= c.min_visible_for_clip
 
-    def contrastive(params, pooled, txt):
+    def clip_objective(params, pooled, txt):
         img, updates = model.apply({"params": params, "batch_stats": batch_stats}, pooled, True,
                                    method=lambda m, h, train: m.image_projection(h, train), mutable=["batch_stats"])
-        loss, acc = losses.contrastive_loss(img, txt, params["logit_scale"], valid)
+        loss, acc = contrastive.loss(img, txt, params["logit_scale"], valid)
         return loss, (acc, updates["batch_stats"])
 
     (clip_loss, (clip_acc, new_stats)), (clip_grads, d_pooled, d_txt) = jax.value_and_grad(
-        contrastive, argnums=(0, 1, 2), has_aux=True)(params, pooled, txt)
+        clip_objective, argnums=(0, 1, 2), has_aux=True)(params, pooled, txt)
 
     def slice_loss(params, rng, tok, msk, ids, cnd, dp, dt, tt, nz):
         pooled, txt, z = model.apply({"params": params, "batch_stats": batch_stats}, tok, msk, ids, cnd,
@@ -245,7 +246,7 @@ def train_step(config, plan, state, frozen, batch, ratios):
 
 def jit_step(config, mesh, frozen, example_batch, plan=()):
     """train_step(state, frozen, batch, ratios [G]) under jax.jit with explicit in/out shardings (the state buffer
-    donated); not yet traced. Its encoder runs at the capacity plan `plan` (dream_jax/capacity.py; () = all
+    donated); not yet traced. Its encoder runs at the capacity plan `plan` (dream_jax/training/capacity.py; () = all
     positions).
 
     `frozen` and `example_batch` may be arrays or ShapeDtypeStructs (--mode=compile lowers it without weights).
