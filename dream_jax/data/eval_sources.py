@@ -22,7 +22,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from dream_jax.data import synthetic
+from dream_jax.data import synthetic, text_lines
 from dream_jax.data.webdataset import center_crop_arr
 
 _WORDNET_ID = re.compile(r"^n\d{8}$")
@@ -38,16 +38,6 @@ def prepare_hint(name, data_dir):
     return (f"prepare it once with `tfds build {name} --file_format=array_record"
             f"{' --data_dir=' + data_dir if data_dir else ''}` (TensorFlow is needed for that step only) or set "
             f"the evaluator's data_dir; looked in {where}")
-
-
-def read_class_names(path, what):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}={path!r} does not exist; provide a text file with one class name per line")
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f"{what}={path!r} has no class names (one per line expected)")
-    return names
 
 
 class TfdsSource:
@@ -72,7 +62,8 @@ class TfdsSource:
                 raise ValueError(f"tfds dataset {name!r} has no feature {key!r} for the {kind}; its features are "
                                  f"{sorted(features.keys())} (set the evaluator's {kind}_key)")
         if class_names_file:
-            self.class_names = read_class_names(class_names_file, "class_names_file")
+            self.class_names = text_lines.read(class_names_file, f"class_names_file={class_names_file!r}",
+                                               "class name")
         else:
             self.class_names = [n.replace("_", " ") for n in features[label_key].names]
         self._len = len(self._source) if not num_examples else min(int(num_examples), len(self._source))

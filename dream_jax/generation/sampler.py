@@ -7,14 +7,13 @@ through generate.generate over the mesh (dream_jax/batching.py), then decoded to
 Dimension letters: P prompts, S samples per prompt, K candidates, H W image size.
 """
 
-import os
 import time
 
 import jax
 import numpy as np
 
 from dream_jax import batching, summary, tokens
-from dream_jax.data import synthetic
+from dream_jax.data import synthetic, text_lines
 from dream_jax.generation import generate
 
 DEFAULT_PROMPTS = {
@@ -29,13 +28,7 @@ def read_prompts(path, config):
     """Prompts from a file (one per line, blank lines ignored) or the config's defaults; ValueError when empty."""
     if path is None:
         return DEFAULT_PROMPTS["shapes" if config.data.source == "shapes" else "default"]
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    with open(path) as f:
-        prompts = [line.strip() for line in f if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompt file {path} has no prompts (one per line expected)")
-    return prompts
+    return text_lines.read(path, f"prompt file {path}", "prompt")
 
 
 def encode_prompts(tokenizers, prompts):
