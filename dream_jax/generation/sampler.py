@@ -2,7 +2,8 @@
 report, the generation evaluators and the benchmarks share, and the prompt files they read.
 
 The prompts are encoded on the host, repeated per sample, cut into chunks of `sampling.batch_size` and run
-through generate.generate over the mesh (dream_jax/batching.py), then decoded to pixels inside the same jit.
+through generate.generate over the mesh (dream_jax/batching.py), then decoded to pixels by a second jitted
+function on the same device arrays (no host round trip between the two).
 
 Dimension letters: P prompts, S samples per prompt, K candidates, H W image size.
 """
