@@ -8,7 +8,7 @@ import ast
 
 import ml_collections
 
-from dream_jax.evaluation import registry
+from dream_jax.evaluation import finetune, registry
 
 # name: (width D, encoder depth, decoder depth, heads, MLP hidden)  -- PAPER.md §1.2
 SCALES = {
@@ -91,6 +91,9 @@ def get_base_config(scale="B"):
         num_classes=1000,       # class_emb rows; only row 0 is used (authors' layout)
         attn_dropout=0.1,
         proj_dropout=0.1,
+        # Stochastic depth of the encoder's last block (linear from 0 over depth, as MAE): 0 in pre-training; the
+        # finetune evaluator sets its own (evaluation/finetune.py).
+        drop_path=0.0,
         aligner_depth=6,
         cond_dim=1024,          # T5-Large
         cond_len=128,
@@ -235,5 +238,12 @@ def get_base_config(scale="B"):
         few_shot=registry.settings("few_shot", dataset="imagenet2012", split="validation"),
         fid=registry.settings("fid", enabled=False),
         alignment=registry.settings("alignment", enabled=False),
+        clip_score=registry.settings("clip_score", enabled=False),
+        segmentation=registry.settings("segmentation", dataset="scene_parse150", train_split="train",
+                                       test_split="test"),
+        depth=registry.settings("depth", dataset="nyu_depth_v2", train_split="train", test_split="validation"),
+        # MAE's fine-tune recipe for this scale (hours on ImageNet: enable it explicitly).
+        finetune=registry.settings("finetune", enabled=False, dataset="imagenet2012", train_split="train",
+                                   test_split="validation", **finetune.MAE_RECIPES[scale]),
     ))
     return c

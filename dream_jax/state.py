@@ -37,14 +37,21 @@ def learning_rate(config):
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
+# The submodule names of transformer.stack's nn.scan stacks (model.scan_layers): their leaves carry a leading
+# `layers` axis, so a block's 1-D norm scale is 2-D there.
+SCANNED_STACKS = ("encoder_blocks", "decoder_blocks", "text_aligner", "transformer_resblocks")
+
+
 def decay_mask(params):
     """True where weight decay applies: the authors exclude biases, 1-D tensors (norms) and the DiffLoss MLP.
 
-    0-D `logit_scale` is decayed, as in the authors' optimizer groups.
+    0-D `logit_scale` is decayed, as in the authors' optimizer groups. A tensor counts by its per-block rank, so
+    scanned and unrolled blocks decay the same parameters.
     """
     def decayed(path, leaf):
         names = [getattr(k, "key", None) for k in path]
-        return not ("bias" in names or "diffloss_net" in names or jnp.ndim(leaf) == 1)
+        per_block_ndim = jnp.ndim(leaf) - any(n in SCANNED_STACKS for n in names)
+        return not ("bias" in names or "diffloss_net" in names or per_block_ndim == 1)
 
     return jax.tree_util.tree_map_with_path(decayed, params)
 

@@ -27,8 +27,8 @@ def test_best_of_k_keeps_the_highest_scoring_sample(monkeypatch):
         return images.reshape(len(images), -1).astype(np.float64).mean(axis=1)  # brighter = better
 
     monkeypatch.setattr(alignment, "own_scores", fake_scores)
-    predict = interface.Predict(image_embedding=None, text_embedding=None, features=None, sample=fake_sample,
-                                clip_ids=None)
+    predict = interface.Predict(image_embedding=None, text_embedding=None, features=None, patch_features=None,
+                                sample=fake_sample, clip_ids=None)
     ctx = interface.Context(config, "", None, 0, True, predict)
     prompts = [f"prompt {i}" for i in range(P)]
     best = alignment.best_of_k(ctx, prompts, S)

@@ -28,6 +28,10 @@ def _small_evals():
         few_shot=registry.settings("few_shot", split="heldout", num_images=256, batch_size=64, pooling="all",
                                    shots=2, queries=3, episodes=40),
         alignment=registry.settings("alignment", prompts="shapes", num_prompts=4, num_reference=16),
+        segmentation=registry.settings("segmentation", num_train=32, num_test=16, steps=10, train_batch_size=8,
+                                       batch_size=16),
+        depth=registry.settings("depth", num_train=32, num_test=16, steps=10, train_batch_size=8, batch_size=16,
+                                bins=8),
     ))
 
 
@@ -67,6 +71,8 @@ EXPECTED = {
     "alignment": [f"{mode}/{m}" for mode in ("sad", "plain") for m in
                   ["own_score", "oracle_shape", "oracle_color", "oracle_position", "oracle_size",
                    "oracle_shape_color", "oracle_all", "kl_shape", "kl_color", "kl_position", "kl_size", "frechet"]],
+    "segmentation": ["miou", "pixel_accuracy", "classes"],
+    "depth": ["rmse", "abs_rel", "log10", "delta1", "delta2", "delta3", "images"],
 }
 
 
@@ -112,6 +118,12 @@ def test_evaluate_workdir_writes_every_configured_metric(trained, capsys):
     (dict(zero_shot=dict(dataset="shapes", num_imagez=3)),
      "config.evals.zero_shot has unknown settings ['num_imagez']"),
     (dict(mystery=dict(dataset="shapes")), "config.evals.mystery: unknown evaluator kind 'mystery'"),
+    (dict(seg=registry.settings("segmentation", dataset="scene_parse150", data_dir="DATA_DIR")),
+     "config.evals.seg.dataset='scene_parse150' split 'train' is not prepared as ArrayRecord: prepare it once with "
+     "`tfds build scene_parse150 --file_format=array_record --data_dir=DATA_DIR`"),
+    (dict(depth=registry.settings("depth", dataset="nyu_depth_v2", data_dir="DATA_DIR")),
+     "config.evals.depth.dataset='nyu_depth_v2' split 'train' is not prepared as ArrayRecord"),
+    (dict(depth=registry.settings("depth", head="bin")), "config.evals.depth.head='bin'; expected one of"),
     (dict(align=registry.settings("alignment", prompts="/no/prompts.txt")),
      "config.evals.align.prompts='/no/prompts.txt' does not exist"),
 ])
@@ -154,7 +166,8 @@ def test_periodic_evaluation_runs_every_n_steps(trained):
 
 _ONLY_ZERO_SHOT = ["--config.evals.zero_shot.num_images=32", "--config.evals.zero_shot.batch_size=32",
                    "--config.evals.linear_probe.enabled=False", "--config.evals.few_shot.enabled=False",
-                   "--config.evals.alignment.enabled=False"]
+                   "--config.evals.alignment.enabled=False", "--config.evals.segmentation.enabled=False",
+                   "--config.evals.depth.enabled=False", "--config.evals.finetune.enabled=False"]
 
 
 def test_main_eval_mode_writes_the_json(trained, pytestconfig):

@@ -120,3 +120,19 @@ def test_unknown_remat_policy_is_a_one_line_error():
     config = _config(True, remat="sometimes")
     with pytest.raises(ValueError, match=r"model.remat='sometimes': expected one of 'none', 'full', 'save_dots'"):
         DREAM(config.model, capacity=CAPACITY).init(jax.random.key(0), *_inputs(config))
+
+
+def test_scanned_and_unrolled_blocks_decay_the_same_parameters(unrolled):
+    """state.decay_mask judges a stacked tensor by its per-block rank: a scanned block's norm scale is not decayed."""
+    def mask_arrays(config, params):
+        mask = state_lib.decay_mask(params)
+        return layout.to_state_dict(to_pytorch.table(config), {
+            "params": jax.tree.map(lambda m, p: np.full(np.shape(p), m, np.float32), mask, params),
+            "batch_stats": unrolled["batch_stats"]})
+
+    there = mask_arrays(_config(False), unrolled["params"])
+    back = mask_arrays(_config(True), _to_scanned(unrolled)["params"])
+    assert back.keys() == there.keys()
+    for key in there:
+        np.testing.assert_array_equal(back[key], there[key], err_msg=key)
+    assert not there["encoder_blocks.0.norm1.weight"].any() and there["encoder_blocks.0.attn.qkv.weight"].all()

@@ -14,7 +14,8 @@ def test_one_step_trains_checkpoints_and_evaluates(tmp_path):
     config = th.tiny_config(total_steps=1, checkpoint_every=1, eval_every=1, mesh__shape=(-1, 1, 1),
                             evals__zero_shot__num_images=32, evals__zero_shot__batch_size=32,
                             evals__linear_probe__enabled=False, evals__few_shot__enabled=False,
-                            evals__alignment__enabled=False)
+                            evals__alignment__enabled=False, evals__segmentation__enabled=False,
+                            evals__depth__enabled=False, evals__finetune__enabled=False)
     workdir = str(tmp_path)
     state = train.train_and_evaluate(config, workdir)
     assert int(state.step) == 1

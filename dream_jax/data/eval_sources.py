@@ -40,27 +40,35 @@ def prepare_hint(name, data_dir):
             f"the evaluator's data_dir; looked in {where}")
 
 
+def open_tfds(name, split, data_dir, keys, what="dataset"):
+    """`tfds.data_source` of a prepared split, checking that it has the features `keys` ({feature: role}, the
+    role naming the evaluator's `<role>_key` setting); FileNotFoundError naming what to prepare if absent."""
+    import tensorflow_datasets as tfds
+
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(f"{what}={name!r} is not a tfds dataset name ({str(e).splitlines()[0]})") from e
+    except (AssertionError, FileNotFoundError, NotImplementedError, OSError, ValueError) as e:
+        raise FileNotFoundError(f"{what}={name!r} split {split!r} is not prepared as ArrayRecord: "
+                                f"{prepare_hint(name, data_dir)} ({type(e).__name__})") from e
+    features = source.dataset_info.features
+    for key, role in keys.items():
+        if key not in features:
+            raise ValueError(f"tfds dataset {name!r} has no feature {key!r} for the {role}; its features are "
+                             f"{sorted(features.keys())} (set the evaluator's {role}_key)")
+    return source
+
+
 class TfdsSource:
     """A tfds split as a labelled random-access source; FileNotFoundError naming what to prepare if absent."""
 
     def __init__(self, name, split, image_size, data_dir="", image_key="image", label_key="label",
                  class_names_file="", num_examples=0, what="dataset"):
-        import tensorflow_datasets as tfds
-
         self.name, self.split, self.image_size = name, split, int(image_size)
         self.image_key, self.label_key = image_key, label_key
-        try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise ValueError(f"{what}={name!r} is not a tfds dataset name ({str(e).splitlines()[0]})") from e
-        except (AssertionError, FileNotFoundError, NotImplementedError, OSError, ValueError) as e:
-            raise FileNotFoundError(f"{what}={name!r} split {split!r} is not prepared as ArrayRecord: "
-                                    f"{prepare_hint(name, data_dir)} ({type(e).__name__})") from e
+        self._source = open_tfds(name, split, data_dir, {image_key: "image", label_key: "label"}, what)
         features = self._source.dataset_info.features
-        for key, kind in ((image_key, "image"), (label_key, "label")):
-            if key not in features:
-                raise ValueError(f"tfds dataset {name!r} has no feature {key!r} for the {kind}; its features are "
-                                 f"{sorted(features.keys())} (set the evaluator's {kind}_key)")
         if class_names_file:
             self.class_names = text_lines.read(class_names_file, f"class_names_file={class_names_file!r}",
                                                "class name")
@@ -85,12 +93,17 @@ class TfdsSource:
                 "label": np.int32(example[self.label_key])}
 
 
-def to_rgb(image, size):
-    """uint8 [H, W, C] (C = 1 or 3) -> center-cropped RGB uint8 [size, size, 3]."""
+def rgb_image(image):
+    """uint8 [H, W, C] (C = 1 or 3) -> an RGB PIL image."""
     image = np.asarray(image, np.uint8)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    pil = Image.fromarray(image).convert("RGB")
+    return Image.fromarray(image).convert("RGB")
+
+
+def to_rgb(image, size):
+    """uint8 [H, W, C] (C = 1 or 3) -> center-cropped RGB uint8 [size, size, 3]."""
+    pil = rgb_image(image)
     if pil.size == (size, size):
         return np.asarray(pil)
     return np.ascontiguousarray(center_crop_arr(pil, size), dtype=np.uint8)

@@ -5,6 +5,11 @@ from small fixed tuples; the caption states all four. Because the attributes are
 (`dream_jax.data.oracle`) can read them back from any image, which gives exact zero-shot accuracy and
 text-image alignment without downloading anything.
 
+Every item also has per-pixel ground truth for the dense probes (`CaptionedShapes.dense`, `render_dense`): a
+segmentation map (0 = background, 1 + shape * len(COLORS) + colour on the shape: 29 classes) and a depth map (the
+background at FAR_DEPTH, the shape at `shape_depth` of its size and height in the image), both on the pixels the
+shape covers at least half of, from the same supersampled mask that shades them.
+
 Splits: `train` and `heldout`. Every (shape, colour) pair occurs in both, so zero-shot shape x colour
 classification is learnable, but about 14% of the full (shape, colour, position, size) combinations and
 the last two caption templates occur only in `heldout`.
@@ -65,6 +70,14 @@ MAX_BACKGROUND = 12  # background grey level is drawn from 0..MAX_BACKGROUND
 # circle rasterises to a rounded square that neither a model nor the oracle can tell from a square.
 SUPERSAMPLE = 4
 
+# The dense probes' classes: background, then every (shape, colour) pair in shape_color_classes order.
+NUM_SEGMENTATION_CLASSES = 1 + len(SHAPES) * len(COLORS)
+
+# Depth in metres-like units: a pinhole camera over a ground plane, so a shape looks larger the nearer it is and
+# sits lower in the image the nearer it is (shape_depth); the background is a wall behind every shape.
+DEPTH_SCALE = 0.25
+FAR_DEPTH = 5.0
+
 # "{where}" is the grammatical position phrase ("at the top left", "in the center");
 # "{position}" is the bare name. The last HELDOUT_TEMPLATES templates are used only by `heldout`.
 TEMPLATES = (
@@ -113,15 +126,16 @@ def _check_image_size(image_size: int) -> int:
     return int(image_size)
 
 
-def render(
-    shape: int,
-    color: int,
-    position: int,
-    size: int,
-    rng: np.random.Generator,
-    image_size: int = 32,
-) -> np.ndarray:
-    """Draws one shape with seeded jitter; returns uint8 [H, W, C] with H = W = image_size."""
+def shape_depth(half_extent: float, center_row: float) -> float:
+    """Depth of a shape of half-extent and centre row given as fractions of the image side:
+    DEPTH_SCALE / half_extent * (1.5 - center_row), i.e. nearer when larger and when lower in the image (between
+    about 0.82 for a large bottom shape and 2.4 for a small top one, all nearer than FAR_DEPTH)."""
+    return DEPTH_SCALE / half_extent * (1.5 - center_row)
+
+
+def _draw(shape, color, position, size, rng, image_size):
+    """One jittered shape: (image uint8 [H, W, C], coverage float64 [H, W] in [0, 1], centre (row, column) and
+    half-extent in pixels)."""
     shape = _check_index("shape", shape, SHAPES)
     color = _check_index("color", color, COLORS)
     position = _check_index("position", position, POSITIONS)
@@ -137,9 +151,45 @@ def render(
     f = SUPERSAMPLE
     t = (np.arange(s * f, dtype=np.float64) + 0.5) / f
     mask = shape_mask(shape, t[:, None] - center[0], t[None, :] - center[1], half_extent)
-    coverage = mask.reshape(s, f, s, f).mean(axis=(1, 3))[..., None]
-    image = background + coverage * (rgb - background)
-    return np.round(image).astype(np.uint8)
+    coverage = mask.reshape(s, f, s, f).mean(axis=(1, 3))
+    image = background + coverage[..., None] * (rgb - background)
+    return np.round(image).astype(np.uint8), coverage, center, half_extent
+
+
+def render(
+    shape: int,
+    color: int,
+    position: int,
+    size: int,
+    rng: np.random.Generator,
+    image_size: int = 32,
+) -> np.ndarray:
+    """Draws one shape with seeded jitter; returns uint8 [H, W, C] with H = W = image_size."""
+    return _draw(shape, color, position, size, rng, image_size)[0]
+
+
+def render_dense(
+    shape: int,
+    color: int,
+    position: int,
+    size: int,
+    rng: np.random.Generator,
+    image_size: int = 32,
+) -> dict:
+    """`render`'s image (the same bytes for the same rng) with its per-pixel ground truth: {"image",
+    "segmentation": int32 [H, W], "depth": float32 [H, W]}. A pixel belongs to the shape when the shape covers at
+    least half of it, so anti-aliased edge pixels go to whichever side holds most of their area."""
+    image, coverage, center, half_extent = _draw(shape, color, position, size, rng, image_size)
+    s = image.shape[0]
+    inside = coverage >= 0.5
+    segmentation = np.where(inside, 1 + int(shape) * len(COLORS) + int(color), 0).astype(np.int32)
+    depth = np.where(inside, shape_depth(half_extent / s, center[0] / s), FAR_DEPTH).astype(np.float32)
+    return {"image": image, "segmentation": segmentation, "depth": depth}
+
+
+def segmentation_class_names() -> list[str]:
+    """Names of the NUM_SEGMENTATION_CLASSES dense classes: "background", then "red circle", ..."""
+    return ["background"] + [shape_color_prompt(sh, co)[2:] for sh, co in shape_color_classes()]
 
 
 def caption(shape: int, color: int, position: int, size: int, template: int) -> str:
@@ -237,7 +287,8 @@ class CaptionedShapes:
     def __len__(self) -> int:
         return self.num_examples
 
-    def __getitem__(self, index: int) -> dict:
+    def _draw_attributes(self, index):
+        """(rng after the draws, shape, colour, position, size, template) of example `index`."""
         index = int(index)
         if index < 0:
             index += self.num_examples
@@ -246,6 +297,10 @@ class CaptionedShapes:
         rng = np.random.default_rng((self.seed, _SPLIT_IDS[self.split], index))
         sh, co, po, si = (int(v) for v in self._combinations[rng.integers(len(self._combinations))])
         template = int(self._templates[rng.integers(len(self._templates))])
+        return rng, sh, co, po, si, template
+
+    def __getitem__(self, index: int) -> dict:
+        rng, sh, co, po, si, template = self._draw_attributes(index)
         return {
             "image": render(sh, co, po, si, rng, self.image_size),
             "caption": caption(sh, co, po, si, template),
@@ -255,6 +310,11 @@ class CaptionedShapes:
             "size": np.int32(si),
             "template": np.int32(template),
         }
+
+    def dense(self, index: int) -> dict:
+        """Example `index`'s image (as `self[index]["image"]`) with its per-pixel ground truth (`render_dense`)."""
+        rng, sh, co, po, si, _ = self._draw_attributes(index)
+        return render_dense(sh, co, po, si, rng, self.image_size)
 
     def __repr__(self) -> str:
         return (

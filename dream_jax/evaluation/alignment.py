@@ -6,8 +6,8 @@ Two measures:
     image and the exact match rates are reported per attribute, for shape and colour together and for all four;
   own score (any model): the cosine between DREAM's own image embedding of the finished image (encoded fully
     visible, as zero-shot) and its text-tower embedding of the prompt: the SAD critic applied to the final
-    image, averaged over samples. The paper's CLIP Score uses an external CLIP whose version is not published
-    (PAPER.md §4), so this is the model's self-consistency, not that number.
+    image, averaged over samples: the model's self-consistency. The paper's CLIP Score, with an external CLIP, is
+    the clip_score evaluator (clip_score.py).
 Generation is generation/sampler.py's batched sampler with the config's settings; "plain" decoding is the same with
 one candidate (num_candidates=1, sad_step=0).
 

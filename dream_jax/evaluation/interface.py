@@ -30,20 +30,38 @@ from dream_jax.models.dream import DREAM
 
 
 @dataclasses.dataclass(frozen=True)
+class EncoderAccess:
+    """The image encoder for evaluators that train it (finetune): `params` is its parameter subtree (nothing else
+    of the model needs optimiser state), `frozen` the tokenizer's frozen components, and
+      encode(params, frozen, images uint8 [B, H, W, 3], rng, train, drop_path, pooling) -> [B, D] float32
+    is pure and jittable: the encoder on fully visible images, pooled (features.pool) but not normalised (the
+    caller owns fc_norm). `train` turns on drop path (`drop_path` at the last block, linear over depth, as MAE);
+    the pre-training dropouts stay off, as MAE's fine-tuned ViT has none."""
+
+    params: Any
+    frozen: Any
+    encode: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Predict:
     """The model as evaluators see it. Images are uint8 [B, H, W, 3], encoded fully visible; embeddings are
     L2-normalised.
       image_embedding(images, rng) -> [B, E]    (the contrastive image embedding, EMA BN statistics)
       text_embedding(clip_ids [B, T]) -> [B, E] (the CLIP text tower)
       features(images, rng, pooling) -> [B, D]  (fc_norm of the pooled encoder output; features.POOLINGS)
+      patch_features(images, rng) -> [B, h, w, D] (the encoder's final normalised image tokens on the patch grid)
+      encoder: EncoderAccess, the encoder as trainable parameters and a pure function of them (fine-tuning)
       sample(prompts, num_samples, seed, opts, log) -> (images [P, S, H, W, 3], SAD scores [P, S, K], choices)
       clip_ids(prompts) -> int32 [P, T]         (the text tower's tokenizer)"""
 
     image_embedding: Callable
     text_embedding: Callable
     features: Callable
+    patch_features: Callable
     sample: Callable
     clip_ids: Callable
+    encoder: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +95,36 @@ def _text_embedding(config, variables, ids):
     return contrastive.l2_normalize(DREAM(config.model).apply(variables, ids, method=DREAM.text_embedding))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "pooling"))
-def _features(config, pooling, variables, frozen, images, rng):
+def _encode_visible(config, variables, frozen, images, rng):
+    """The encoder output [B, P, D] of fully visible images, float32."""
     x_tokens = tokens.images_to_tokens(config, frozen, images, rng)
     x, _ = DREAM(config.model).apply(variables, x_tokens, jnp.zeros(x_tokens.shape[:2], bool), method=DREAM.encode)
-    return features_lib.fc_norm(features_lib.pool(x.astype(jnp.float32), config.model.buffer_size, pooling))
+    return x.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "pooling"))
+def _features(config, pooling, variables, frozen, images, rng):
+    x = _encode_visible(config, variables, frozen, images, rng)
+    return features_lib.fc_norm(features_lib.pool(x, config.model.buffer_size, pooling))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _patch_features(config, variables, frozen, images, rng):
+    x = _encode_visible(config, variables, frozen, images, rng)[:, config.model.buffer_size:]
+    side = int(round(x.shape[1] ** 0.5))  # image tokens run row-major over a square grid (patchify.py)
+    return x.reshape(x.shape[0], side, side, x.shape[-1])
+
+
+def _encode(config, logit_scale, params, frozen, images, rng, train=False, drop_path=0.0, pooling="image"):
+    """EncoderAccess.encode; `logit_scale` only completes what DREAM.setup creates."""
+    model = ml_collections.ConfigDict(config.model)
+    model.update(dict(attn_dropout=0.0, proj_dropout=0.0, drop_path=float(drop_path)))
+    k_tokens, k_drop = jax.random.split(rng)
+    x_tokens = tokens.images_to_tokens(config, frozen, images, k_tokens)
+    x, _ = DREAM(model).apply({"params": {"encoder": params, "logit_scale": logit_scale}}, x_tokens,
+                              jnp.zeros(x_tokens.shape[:2], bool), not train, method=DREAM.encode,
+                              rngs={"dropout": k_drop})
+    return features_lib.pool(x.astype(jnp.float32), config.model.buffer_size, pooling)
 
 
 def make_predict(rt, variables):
@@ -99,7 +142,10 @@ def make_predict(rt, variables):
     return Predict(
         image_embedding=functools.partial(_image_embedding, frozen_config, variables, frozen),
         text_embedding=functools.partial(_text_embedding, frozen_config, variables),
-        features=features, sample=sample_fn, clip_ids=rt.tokenizers.clip_ids)
+        features=features, patch_features=functools.partial(_patch_features, frozen_config, variables, frozen),
+        encoder=EncoderAccess(variables["params"]["encoder"], frozen,
+                              functools.partial(_encode, frozen_config, variables["params"]["logit_scale"])),
+        sample=sample_fn, clip_ids=rt.tokenizers.clip_ids)
 
 
 def make_context(rt, workdir, variables, step, use_ema, log=print):

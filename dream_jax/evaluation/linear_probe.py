@@ -1,11 +1,13 @@
-"""Linear probe on frozen, cached encoder features (dream_jax/evaluation/features.py).
+"""Linear probe of the frozen encoder: `protocol` "fast" (the default, below) or "mae" (the authors' recipe,
+linear_probe_mae.py).
 
-Protocol (PAPER.md §4, adapted): features are standardised with the train split's per-dimension mean and
-variance (the authors' BatchNorm1d(affine=False) in front of the linear layer; its running statistics converge to
-exactly these), then a linear classifier is trained with softmax cross-entropy, Adam and a cosine learning rate,
-plus an L2 penalty on the weights. A small grid of (learning rate, L2) is trained at once (vmapped) on a random
-`1 - holdout` of the train split and scored on the rest; the best point is retrained on the whole train split and
-its test accuracy is reported. The authors train the probe with LARS for 90 epochs on augmented images; here the
+The fast protocol runs on cached encoder features (dream_jax/evaluation/features.py), PAPER.md §4 adapted:
+features are standardised with the train split's per-dimension mean and variance (the authors'
+BatchNorm1d(affine=False) in front of the linear layer; its running statistics converge to exactly these), then a
+linear classifier is trained with softmax cross-entropy, Adam and a cosine learning rate, plus an L2 penalty on the
+weights. A small grid of (learning rate, L2) is trained at once (vmapped) on a random `1 - holdout` of the train
+split and scored on the rest; the best point is retrained on the whole train split and its test accuracy is
+reported. The authors train the probe with LARS for 90 epochs on augmented images (protocol "mae"); here the
 features are extracted once from the un-augmented images, which is cheaper and usually a little lower.
 
 Dimension letters: N examples, D feature dim, K classes, G grid points.
@@ -20,24 +22,36 @@ import optax
 
 from dream_jax.data import eval_sources
 from dream_jax.evaluation import features as features_lib
+from dream_jax.evaluation import linear_probe_mae
 
-# A grid of learning rates x L2 penalties, each trained `steps` steps on batches of train_batch_size; `holdout` of the
-# train split picks the best; num_train / num_test 0: the whole split.
+PROTOCOLS = ("fast", "mae")
+
+# protocol "fast": a grid of learning rates x L2 penalties, each trained `steps` steps on batches of
+# train_batch_size; `holdout` of the train split picks the best. protocol "mae": linear_probe_mae.SETTINGS (MAE's
+# values). num_train / num_test 0: the whole split.
 DEFAULTS = dict(enabled=True, **eval_sources.SOURCE_DEFAULTS, train_split="train", test_split="validation",
-                num_train=0, num_test=0, pooling="buffer", lrs=(1e-3, 3e-3, 1e-2), l2s=(0.0, 1e-4, 1e-3), steps=2000,
-                train_batch_size=1024, holdout=0.1)
+                num_train=0, num_test=0, pooling="buffer", protocol="fast", lrs=(1e-3, 3e-3, 1e-2),
+                l2s=(0.0, 1e-4, 1e-3), steps=2000, train_batch_size=1024, holdout=0.1, **linear_probe_mae.SETTINGS)
 
 
 def validate(config, name, s):
-    """A known pooling and both splits readable (ValueError / FileNotFoundError naming the setting)."""
+    """A known protocol and pooling, and both splits readable (ValueError / FileNotFoundError naming the setting)."""
+    if s.protocol not in PROTOCOLS:
+        raise ValueError(f"config.evals.{name}.protocol={s.protocol!r}; expected one of {PROTOCOLS}")
     if s.pooling not in features_lib.POOLINGS:
         raise ValueError(f"config.evals.{name}.pooling={s.pooling!r}; expected one of {features_lib.POOLINGS}")
+    if s.protocol == "mae":
+        linear_probe_mae.validate(name, s)
     eval_sources.evaluator_source(config, name, s, s.train_split, s.num_train)
     eval_sources.evaluator_source(config, name, s, s.test_split, s.num_test)
 
 
 def run(ctx, name, s):
-    """`evaluate` on the cached features of the settings' train and test splits."""
+    """The protocol's probe: `evaluate` on the cached features of the train and test splits ("fast"), or
+    linear_probe_mae.run."""
+    if s.protocol == "mae":
+        test_logits, labels, num_classes, progress = linear_probe_mae.run(ctx, name, s)
+        return progress if test_logits is None else {**accuracy(test_logits, labels, num_classes), **progress}
     train_x, train_y, num_classes = features_lib.of_split(ctx, name, s, s.train_split, s.num_train)
     test_x, test_y, _ = features_lib.of_split(ctx, name, s, s.test_split, s.num_test)
     return evaluate(train_x, train_y, test_x, test_y, num_classes, tuple(s.lrs), tuple(s.l2s), s.steps,
@@ -84,6 +98,14 @@ def topk_accuracy(logits, labels, k=1):
     return np.mean(np.any(top == np.asarray(labels)[..., None], axis=-1), axis=-1)
 
 
+def accuracy(logits, labels, num_classes):
+    """{'top1', 'chance', and 'top5' with more than 5 classes} of logits [N, K] against labels [N]."""
+    out = {"top1": float(topk_accuracy(logits, labels, 1)), "chance": 1.0 / num_classes}
+    if num_classes > 5:
+        out["top5"] = float(topk_accuracy(logits, labels, 5))
+    return out
+
+
 def evaluate(train_x, train_y, test_x, test_y, num_classes, lrs=(1e-3, 3e-3, 1e-2), l2s=(0.0, 1e-4, 1e-3),
              steps=500, batch_size=1024, holdout=0.1, seed=0):
     """{'top1', 'top5', 'best_lr', 'best_l2', 'holdout_top1'} of a linear probe with the hyper-parameters chosen
@@ -115,8 +137,5 @@ def evaluate(train_x, train_y, test_x, test_y, num_classes, lrs=(1e-3, 3e-3, 1e-
     w, b = fit(jnp.asarray(tx), jnp.asarray(train_y), lr_arr[best:best + 1], l2_arr[best:best + 1], key,
                num_classes, steps, batch_size)
     logits = sx @ np.asarray(w[0]) + np.asarray(b[0])
-    out = {"top1": float(topk_accuracy(logits, test_y, 1)), "best_lr": float(grid[best][0]),
-           "best_l2": float(grid[best][1]), "holdout_top1": float(val_acc[best]), "chance": 1.0 / num_classes}
-    if num_classes > 5:
-        out["top5"] = float(topk_accuracy(logits, test_y, 5))
-    return out
+    return {**accuracy(logits, test_y, num_classes), "best_lr": float(grid[best][0]), "best_l2": float(grid[best][1]),
+            "holdout_top1": float(val_acc[best])}

@@ -9,9 +9,13 @@ out take the kind's DEFAULTS, and a misspelt one is an error.
 import ml_collections
 
 from dream_jax.evaluation import alignment, few_shot, fid, linear_probe, zero_shot
+from dream_jax.evaluation import depth, segmentation
+from dream_jax.evaluation import finetune
+from dream_jax.evaluation import clip_score
 
 KINDS = {"zero_shot": zero_shot, "linear_probe": linear_probe, "few_shot": few_shot, "fid": fid,
-         "alignment": alignment}
+         "alignment": alignment, "segmentation": segmentation, "depth": depth, "finetune": finetune,
+         "clip_score": clip_score}
 
 
 def settings(kind, **overrides):

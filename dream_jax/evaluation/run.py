@@ -17,7 +17,7 @@ import time
 import jax
 
 from dream_jax import runtime, summary
-from dream_jax.evaluation import interface, registry
+from dream_jax.evaluation import interface, paper_table, registry
 
 
 def validate(config):
@@ -83,7 +83,10 @@ def evaluate_workdir(config, workdir, use_ema=None):
     use_ema = config.sampling.use_ema if use_ema is None else use_ema
     rt = runtime.create(config)
     variables, step = runtime.restore_variables(rt, workdir, use_ema)
-    return evaluate_variables(rt, workdir, variables, step, use_ema)
+    metrics = evaluate_variables(rt, workdir, variables, step, use_ema)
+    if jax.process_index() == 0:
+        print(paper_table.format_rows(config, metrics), flush=True)
+    return metrics
 
 
 def maybe_evaluate(rt, workdir, step, state, use_ema=None):

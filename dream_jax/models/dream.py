@@ -45,7 +45,7 @@ class DREAM(nn.Module):
                       proj_dropout=c.proj_dropout, dtype=dtype, remat=c.remat,
                       scan=c.scan_layers, attention=c.attention)
         self.encoder = Encoder(depth=c.encoder_depth, buffer_size=c.buffer_size, num_classes=c.num_classes,
-                               capacity=tuple(self.capacity), **common)
+                               capacity=tuple(self.capacity), drop_path=c.get("drop_path", 0.0), **common)
         self.decoder = Decoder(depth=c.decoder_depth, buffer_size=c.buffer_size, **common)
         self.aligner = TextAligner(depth=c.aligner_depth, **common)
         t = c.text_tower

@@ -59,6 +59,7 @@ class Encoder(nn.Module):
     scan: bool = False
     attention: str = "xla"
     capacity: tuple = ()
+    drop_path: float = 0.0  # stochastic depth of the last block (linear from 0 at the first; fine-tuning only)
 
     @nn.compact
     def __call__(self, tokens, mask, deterministic=True):
@@ -75,7 +76,7 @@ class Encoder(nn.Module):
         x = constrain(x, ("batch", "length", "embed"))
         blocks = stack(Block, self.depth, "encoder_blocks", self.scan, self.remat, num_heads=self.num_heads,
                        mlp_dim=self.mlp_dim, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
-                       dtype=self.dtype, attention=self.attention)
+                       dtype=self.dtype, attention=self.attention, drop_path=self.drop_path)
         norm = layer_norm("encoder_norm")
 
         def run(x, keep):  # [b, n, D], [b, n] -> [b, n, D]

@@ -31,6 +31,7 @@ class ClipTextTower(nn.Module):
     remat: str = "none"
     scan: bool = False
     attention: str = "xla"
+    activation: str = "gelu"  # transformer.ACTIVATIONS key: quick_gelu for OpenAI's CLIP weights (models/clip.py)
 
     @nn.compact
     def __call__(self, ids):
@@ -44,7 +45,8 @@ class ClipTextTower(nn.Module):
         x = constrain(x, ("batch", "length", "embed"))
         causal = jnp.tril(jnp.ones((self.context_length, self.context_length), bool))[None, None]
         x = stack(Block, self.depth, "transformer_resblocks", self.scan, self.remat, num_heads=self.num_heads,
-                  mlp_dim=4 * self.width, eps=1e-5, dtype=self.dtype, attention=self.attention)(x, causal, True)
+                  mlp_dim=4 * self.width, eps=1e-5, dtype=self.dtype, attention=self.attention,
+                  activation=self.activation)(x, causal, True)
         x = layer_norm("ln_final", eps=1e-5)(x)
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(ids, axis=-1)]
         proj = param(self, "text_projection", (self.width, self.embed_dim), ("embed", "proj"),

@@ -137,27 +137,45 @@ class MultiHeadAttention(nn.Module):
         return jnp.einsum("bhls,bshk->blhk", weights, v)
 
 
+# Mlp.activation: timm's exact GELU, or OpenAI CLIP's sigmoid approximation (its released weights were trained
+# with it, so importing them needs it).
+ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False), "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x)}
+
+
 class Mlp(nn.Module):
-    """timm's Mlp: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+    """timm's Mlp: fc1 -> activation (exact GELU) -> dropout -> fc2 -> dropout."""
 
     hidden_dim: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     names: tuple = ("fc1", "fc2")
+    activation: str = "gelu"  # an ACTIVATIONS key
 
     @nn.compact
     def __call__(self, x, deterministic=True):
         width = x.shape[-1]
         h = dense(self.hidden_dim, ("embed", "mlp"), self.names[0], self.dtype)(x)
-        h = nn.gelu(h, approximate=False)
+        h = ACTIVATIONS[self.activation](h)
         h = constrain(h, ("batch", "length", "mlp"))
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         h = dense(width, ("mlp", "embed"), self.names[1], self.dtype)(h)
         return nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
 
+def drop_path(module, x, rate, deterministic):
+    """timm's DropPath (stochastic depth) of a residual branch x [B, ...]: each example's branch is zeroed with
+    probability `rate` (a float or a traced scalar: a scanned layer's rate) and kept ones scaled by 1 / (1 - rate),
+    so the expected value is unchanged. Off (and no rng drawn) when deterministic or `rate` is the number 0."""
+    if deterministic or (isinstance(rate, (int, float)) and rate == 0):
+        return x
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    kept = jax.random.bernoulli(module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * jnp.where(kept, 1.0 / jnp.maximum(keep, 1e-12), 0.0).astype(x.dtype)
+
+
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(norm1(x)); x + mlp(norm2(x)) (timm Block, qkv bias)."""
+    """Pre-LN transformer block: x + attn(norm1(x)); x + mlp(norm2(x)) (timm Block, qkv bias); `drop_rate` is
+    this block's drop-path rate on both residual branches (stack gives each block its own)."""
 
     num_heads: int
     mlp_dim: int
@@ -166,14 +184,17 @@ class Block(nn.Module):
     eps: float = 1e-6
     dtype: Dtype = jnp.float32
     attention: str = "xla"  # MultiHeadAttention.implementation
+    activation: str = "gelu"  # Mlp.activation
 
     @nn.compact
-    def __call__(self, x, mask=None, deterministic=True):
+    def __call__(self, x, mask=None, deterministic=True, drop_rate=0.0):
         attn = MultiHeadAttention(self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, self.attention,
                                   name="attn")
-        x = x + attn(layer_norm("norm1", self.eps)(x).astype(self.dtype), mask=mask, deterministic=deterministic)
-        mlp = Mlp(self.mlp_dim, self.proj_dropout, self.dtype, name="mlp")
-        x = x + mlp(layer_norm("norm2", self.eps)(x).astype(self.dtype), deterministic)
+        h = attn(layer_norm("norm1", self.eps)(x).astype(self.dtype), mask=mask, deterministic=deterministic)
+        x = x + drop_path(self, h, drop_rate, deterministic)
+        mlp = Mlp(self.mlp_dim, self.proj_dropout, self.dtype, activation=self.activation, name="mlp")
+        x = x + drop_path(self, mlp(layer_norm("norm2", self.eps)(x).astype(self.dtype), deterministic), drop_rate,
+                          deterministic)
         return constrain(x, ("batch", "length", "embed"))
 
 
@@ -181,16 +202,17 @@ class CrossAttentionBlock(Block):
     """The decoder block: self-attention, cross-attention to the text, MLP, each pre-LN with a residual."""
 
     @nn.compact
-    def __call__(self, x, y, deterministic=True):
+    def __call__(self, x, y, deterministic=True, drop_rate=0.0):
         attention = lambda name: MultiHeadAttention(  # noqa: E731
             self.num_heads, self.attn_dropout, self.proj_dropout, self.dtype, self.attention, name=name
         )
-        x = x + attention("self_attn")(layer_norm("norm0", self.eps)(x).astype(self.dtype), deterministic=deterministic)
-        x = x + attention("cross_attn")(
-            layer_norm("norm1", self.eps)(x).astype(self.dtype), y=y, deterministic=deterministic
-        )
-        mlp = Mlp(self.mlp_dim, self.proj_dropout, self.dtype, name="mlp")
-        x = x + mlp(layer_norm("norm2", self.eps)(x).astype(self.dtype), deterministic)
+        residual = lambda x, h: x + drop_path(self, h, drop_rate, deterministic)  # noqa: E731
+        x = residual(x, attention("self_attn")(layer_norm("norm0", self.eps)(x).astype(self.dtype),
+                                               deterministic=deterministic))
+        x = residual(x, attention("cross_attn")(layer_norm("norm1", self.eps)(x).astype(self.dtype), y=y,
+                                                deterministic=deterministic))
+        mlp = Mlp(self.mlp_dim, self.proj_dropout, self.dtype, activation=self.activation, name="mlp")
+        x = residual(x, mlp(layer_norm("norm2", self.eps)(x).astype(self.dtype), deterministic))
         return constrain(x, ("batch", "length", "embed"))
 
 
@@ -221,43 +243,54 @@ def remat_policy(name):
 
 @functools.cache
 def _scan_body(cls):
-    """`cls` (Block or CrossAttentionBlock) as an nn.scan body: (x, other, deterministic) -> (x, None)."""
+    """`cls` (Block or CrossAttentionBlock) as an nn.scan body: (x, other, deterministic, drop rate) -> (x, None)."""
 
     class ScanBody(cls):
         @nn.compact
-        def __call__(self, x, other, deterministic=True):
-            return super().__call__(x, other, deterministic), None
+        def __call__(self, x, other, deterministic=True, drop_rate=0.0):
+            return super().__call__(x, other, deterministic, drop_rate), None
 
     ScanBody.__name__ = f"Scan{cls.__name__}"
     return ScanBody
 
 
-def stack(cls, depth, name, scan, remat, **fields):
+def drop_path_rates(drop_path, depth):
+    """MAE's per-block drop-path rates: linear from 0 at the first block to `drop_path` at the last
+    (torch.linspace(0, drop_path, depth))."""
+    return [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+
+
+def stack(cls, depth, name, scan, remat, drop_path=0.0, **fields):
     """`depth` blocks of `cls` (Block or CrossAttentionBlock) in order, as one function (x, other, deterministic)
     -> x; `other` is the block's second argument (mask or text), the same for every block.
 
     Unrolled (`scan` False): submodules `{name}_0` ... `{name}_{depth-1}`. Scanned: one nn.scan submodule `name`
     whose parameters carry a leading `layers` axis of size depth (maxtext's scan_layers), so XLA compiles one block
     instead of depth; dream_jax/interop/layout.py maps both to the authors' per-block keys. `remat` names a
-    REMAT_POLICIES entry. Call it inside the parent's compact method; the function may be called several times
-    (the encoder's capacity classes), sharing the parameters.
+    REMAT_POLICIES entry. `drop_path` > 0 gives block i the rate drop_path_rates(drop_path, depth)[i] (a scanned
+    input of the scanned stack). Call it inside the parent's compact method; the function may be called several
+    times (the encoder's capacity classes), sharing the parameters.
     """
     policy = remat_policy(remat)
     if depth == 0:  # a tower without blocks (tests): no parameters, not even an empty stack
         return lambda x, other, deterministic: x
     body = _scan_body(cls) if scan else cls
-    if remat != "none":  # deterministic (argument 3 counting self) stays a Python bool
-        body = nn.remat(body, static_argnums=(3,), policy=policy, prevent_cse=not scan)
+    if remat != "none":  # deterministic (argument 3 counting self) stays a Python bool, so does a rate not scanned
+        static = (3,) if scan and drop_path else (3, 4)
+        body = nn.remat(body, static_argnums=static, policy=policy, prevent_cse=not scan)
+    rates = drop_path_rates(drop_path, depth) if drop_path else [0.0] * depth
     if not scan:
         blocks = [body(**fields, name=f"{name}_{i}") for i in range(depth)]
 
         def unrolled(x, other, deterministic):
-            for block in blocks:
-                x = block(x, other, deterministic)
+            for block, rate in zip(blocks, rates):
+                x = block(x, other, deterministic, rate)
             return x
 
         return unrolled
+    # Without drop path the rate stays the Python number 0 (broadcast), so no block draws a drop-path rng.
+    rate_axis, rate = (0, jnp.asarray(rates, jnp.float32)) if drop_path else (nn.broadcast, 0.0)
     scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=depth,
+                      in_axes=(nn.broadcast, nn.broadcast, rate_axis), length=depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})(**fields, name=name)
-    return lambda x, other, deterministic: scanned(x, other, deterministic)[0]
+    return lambda x, other, deterministic: scanned(x, other, deterministic, rate)[0]
