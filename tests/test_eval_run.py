@@ -180,6 +180,9 @@ def test_main_eval_mode_writes_the_json(trained, pytestconfig):
     record = json.load(open(os.path.join(workdir, "eval", f"{STEPS}.json")))
     assert set(record["metrics"]) == {"zero_shot/top1", "zero_shot/top5", "zero_shot/chance"}
     assert "zero_shot/top1" in proc.stdout
+    # The paper's seven columns follow the metric table: the run's value, or how to switch an evaluator on.
+    table = proc.stdout[proc.stdout.index("the paper's table"):].splitlines()
+    assert len(table) == 2 + 7 and "72.7  off: --config.evals.linear_probe.enabled=True" in table[2]
 
 
 def test_main_eval_mode_names_the_missing_weights_in_one_line(tmp_path):

@@ -17,6 +17,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+import clip_reference
 from dream_jax.data.clip_tokenizer import EOT, SOT, ClipTokenizer
 from dream_jax.data.t5_tokenizer import T5Tokenizer
 
@@ -116,17 +117,6 @@ def test_t5_attributes_and_markup(spiece):
 # CLIP: OpenCLIP's SimpleTokenizer, written out from its published algorithm as the reference.
 
 
-def _reference_bytes_to_unicode():
-    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    chars, n = keep[:], 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(keep, map(chr, chars)))
-
-
 class OpenClipReference:
     """open_clip.tokenizer.SimpleTokenizer with clean='lower' (its default)."""
 
@@ -134,7 +124,7 @@ class OpenClipReference:
         import ftfy
 
         self.ftfy, self.regex = ftfy, regex
-        self.byte_encoder = _reference_bytes_to_unicode()
+        self.byte_encoder = clip_reference.byte_symbols()
         with gzip.open(bpe_path) as f:
             merges = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
         merges = [tuple(m.split()) for m in merges if m]

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dream_jax import summary
 from dream_jax.data import dense_sources
+from dream_jax.evaluation import features as features_lib
 
 # Settings both probes take. dataset: 'shapes' (the renderer's per-pixel ground truth) or a tfds name read from
 # data_dir ('' = tfds' default); num_train / num_test 0: the whole split (512 / 512 for 'shapes'); batch_size:
@@ -58,10 +58,7 @@ def extract(ctx, source, batch_size=64, seed=0):
                                         images())):
         feats.append(out.astype(np.float16))
         done += len(out)
-        if i % 20 == 0 or done == len(source):
-            elapsed = time.monotonic() - start
-            ctx.log(f"patch features of {source.key}: {done}/{len(source)} images, ETA "
-                    f"{summary.format_seconds(elapsed / done * (len(source) - done))}")
+        features_lib.log_progress(ctx, f"patch features of {source.key}", i, done, len(source), start)
     return np.concatenate(feats), np.concatenate(targets)
 
 

@@ -69,11 +69,15 @@ def extract(ctx, source, pooling="buffer", batch_size=256, seed=0):
                                         images())):
         feats.append(out)
         done += len(out)
-        if i % 20 == 0 or done == len(source):
-            elapsed = time.monotonic() - start
-            ctx.log(f"features of {source.key}: {done}/{len(source)} images, ETA "
-                    f"{summary.format_seconds(elapsed / done * (len(source) - done))}")
+        log_progress(ctx, f"features of {source.key}", i, done, len(source), start)
     return np.concatenate(feats), np.concatenate(labels)
+
+
+def log_progress(ctx, what, batch, done, total, start):
+    """A progress line with ETA after every 20th batch and the last, of an extraction begun at `start`."""
+    if batch % 20 == 0 or done == total:
+        elapsed = time.monotonic() - start
+        ctx.log(f"{what}: {done}/{total} images, ETA {summary.format_seconds(elapsed / done * (total - done))}")
 
 
 def cache_path(workdir, step, use_ema, source, pooling):

@@ -176,16 +176,9 @@ def run(ctx, name, s):
                                    ctx.config.tokenizer.image_size, num_classes, m.encoder_depth, total,
                                    int(round(s.warmup_epochs * per_epoch)))
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    reader = trainer.Reader(train_source)
-    try:
-        state, done = trainer.fit(
-            ctx, name, s, state, functools.partial(train_step, encoder.frozen),
-            lambda step: reader(trainer.batch_indices(len(train_source), s.batch_size, s.seed, step)), total)
-    finally:
-        reader.close()
-    progress = {"epochs": done / per_epoch, "steps": float(done)}
-    if done < total:
-        ctx.log(f"{name}: stopped after {done} of {total} steps ({what}.stop_after); rerun to continue")
+    state, progress, finished = trainer.fit_source(ctx, name, s, state, functools.partial(train_step, encoder.frozen),
+                                                   train_source, s.batch_size, total)
+    if not finished:
         return progress
     test_logits, labels = trainer.predict_source(ctx, test_source, functools.partial(
         _test_logits, encoder.encode, s.pooling, state["params"], encoder.frozen), s.batch_size)

@@ -113,16 +113,10 @@ def run(ctx, name, s):
     state = {"params": head, "opt_state": tx.init(head), "step": jnp.zeros((), jnp.int32),
              "bn": {"mean": jnp.zeros((width,)), "var": jnp.ones((width,))}}
     encoder = ctx.predict.encoder
-    reader = trainer.Reader(train_source)
-    try:
-        state, done = trainer.fit(
-            ctx, name, s, state, make_train_step(encoder, tx, s, ctx.config.tokenizer.image_size),
-            lambda step: reader(trainer.batch_indices(len(train_source), s.mae_batch_size, s.seed, step)), total)
-    finally:
-        reader.close()
-    progress = {"epochs": done / per_epoch, "steps": float(done)}
-    if done < total:
-        ctx.log(f"{name}: stopped after {done} of {total} steps (config.evals.{name}.stop_after); rerun to continue")
+    state, progress, finished = trainer.fit_source(
+        ctx, name, s, state, make_train_step(encoder, tx, s, ctx.config.tokenizer.image_size), train_source,
+        s.mae_batch_size, total)
+    if not finished:
         return None, None, num_classes, progress
     test_logits, labels = trainer.predict_source(ctx, test_source, functools.partial(
         _test_logits, encoder.encode, s.pooling, encoder.params, encoder.frozen, state["params"], state["bn"]),

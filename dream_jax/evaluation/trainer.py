@@ -155,6 +155,21 @@ def fit(ctx, name, s, state, train_step, read_batch, total_steps, log_every=0):
     return state, step
 
 
+def fit_source(ctx, name, s, state, train_step, source, batch_size, total_steps):
+    """`fit` on seeded batches of a labelled source (batch_indices, read by a Reader): (state, progress
+    {'epochs', 'steps'}, finished); a run that stop_after ended early says how to continue."""
+    reader = Reader(source)
+    try:
+        state, done = fit(ctx, name, s, state, train_step,
+                          lambda step: reader(batch_indices(len(source), batch_size, s.seed, step)), total_steps)
+    finally:
+        reader.close()
+    if done < total_steps:
+        ctx.log(f"{name}: stopped after {done} of {total_steps} steps (config.evals.{name}.stop_after); rerun to "
+                "continue")
+    return state, {"epochs": done / (len(source) // batch_size), "steps": float(done)}, done == total_steps
+
+
 def linear_head(rng, width, num_classes, std):
     """A linear classifier {"kernel" [D, K], "bias" [K]}: torch's trunc_normal_(std) weight (cut at +-2, absolute,
     as timm's default) and a zero bias (MAE's heads)."""
