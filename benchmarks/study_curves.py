@@ -33,6 +33,8 @@ from configs import dream_tiny  # noqa: E402
 
 # The training log's columns a curve keeps (metrics.jsonl; the masking ratio shows the warmup's schedule).
 TRAIN_KEYS = ("mask_ratio_mean", "clip_loss", "gen_loss")
+# Evaluators of the tiny config whose metrics no curve keeps: off in the loop's evaluations.
+UNCURVED = ("finetune", "segmentation", "depth")
 # Which evaluation metrics a curve keeps.
 EVAL_KEYS = ("zero_shot/top1", "linear_probe/top1", "few_shot/accuracy", "alignment/plain/frechet") + tuple(
     f"alignment/plain/oracle_{a}" for a in train_tiny.ATTRIBUTES)
@@ -53,7 +55,7 @@ def flags(arm, every, extra, classifier):
     """The training command's overrides of one curve run."""
     return study.ARMS[arm] + extra + [
         f"eval_every={every}", "final_evals=()", "final_samples=0", f"evals.alignment.classifier={classifier}",
-        "evals.alignment.modes=('plain',)"]
+        "evals.alignment.modes=('plain',)"] + [f"evals.{name}.enabled=False" for name in UNCURVED]
 
 
 def curve(workdir):
