@@ -40,7 +40,7 @@ def learning_config():
 def trained(tmp_path_factory):
     """(config, workdir, command-line args, subprocess env) of the module's one training run."""
     tmp = tmp_path_factory.mktemp("tiny")
-    workdir, env = tmp / "run", th.subprocess_env(tmp / "cache")
+    workdir, env = tmp / "run", th.subprocess_env(tmp / "cache", optimized=True)
     args = [f"--config={th.CONFIG_FILE}", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     code, out = th.run(args, env, tmp / "train.log", timeout=2400)
     assert code == 0, out[-2000:]
