@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from configs import dream_tiny
-from dream_jax import flops, state
+from dream_jax import flops, runtime, sharding, state
 from dream_jax import frozen as frozen_lib
 from dream_jax import tokens as tokens_lib
 from dream_jax.data import tokenizers as tokenizers_lib
-from dream_jax.generation import generate
+from dream_jax.generation import generate, sampler
 
 
 def small_config():
@@ -209,13 +209,21 @@ def test_sad_choice_is_the_argmax_of_a_per_candidate_reference(setup):
     assert np.all(m == m[:, :1])
 
 
-def test_sampler_compiles_once_per_shape(setup):
-    opts = dataclasses.replace(OPTS, num_iter=4)
-    run(setup, opts, seed=0)
+def test_sampler_compiles_once_per_job(setup):
+    """sampler.sample_images over chunks of 4, 4 and 2 rows: the short last chunk is padded and runs the program
+    compiled for the first (options of this test alone, so the first chunk compiles)."""
+    config, _, variables, frozen, _ = setup
+    config = config.copy_and_resolve_references()
+    config.sampling.batch_size = 4
+    rt = runtime.Runtime(config, sharding.make_mesh(config, jax.devices()[:1]),
+                         tokenizers_lib.make_tokenizers(config), frozen)
+    opts = dataclasses.replace(OPTS, num_iter=4, temperature=0.9)
+    prompts = ["a red circle", "a blue square", "a green cross", "a small red triangle", "a large blue circle"]
     before = generate.generate._cache_size()
-    run(setup, opts, seed=1)
-    run(setup, opts, seed=2)
-    assert generate.generate._cache_size() == before
+    images, scores, _ = sampler.sample_images(rt, variables, prompts, 2, 0, opts, log=lambda _: None)
+    assert generate.generate._cache_size() == before + 1
+    assert images.shape[:2] == (5, 2) and scores.shape == (5, 2, 1)
+    assert len({im.tobytes() for im in images.reshape((-1,) + images.shape[2:])}) == 10
 
 
 def test_bad_options_raise():

@@ -1,9 +1,10 @@
 """Prompts -> images with the trained model: the batched host sampler that `--mode=sample`, the end-of-training
 report, the generation evaluators and the benchmarks share, and the prompt files they read.
 
-The prompts are encoded on the host, repeated per sample, cut into chunks of `sampling.batch_size` and run
-through generate.generate over the mesh (dream_jax/batching.py), then decoded to pixels by a second jitted
-function on the same device arrays (no host round trip between the two).
+The prompts are encoded on the host, repeated per sample, cut into chunks of `sampling.batch_size` (a short
+last one padded, so that a job compiles one program) and run through generate.generate over the mesh
+(dream_jax/batching.py), then decoded to pixels by a second jitted function on the same device arrays (no host
+round trip between the two).
 
 Dimension letters: P prompts, S samples per prompt, K candidates, H W image size.
 """
@@ -58,8 +59,11 @@ def sample_images(rt, variables, prompts, num_samples, seed, opts, log=print):
 
     images, scores, chosen = [], [], []
     start = time.monotonic()
+    # A job of several chunks pads its short last one to the chunk size: compiling the whole decoding program again
+    # for it would cost more than the padded rows (minutes for a large model on a pod).
+    rows = chunk if total > chunk else 0
     for pixels, sc, best in batching.run(rt.mesh, config, decode,
-                                         batching.slices((clip_ids, cond_ids, cond_mask), chunk)):
+                                         batching.slices((clip_ids, cond_ids, cond_mask), chunk), rows):
         images.append(pixels)
         scores.append(sc)
         chosen.append(best)
