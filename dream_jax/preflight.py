@@ -7,14 +7,6 @@ from dream_jax.data import clip_tokenizer, pipeline
 from dream_jax.interop import pretrained
 
 
-def check_file(path, what, hint):
-    """FileNotFoundError naming the setting `what` when `path` is empty or missing."""
-    if not path:
-        raise FileNotFoundError(f"{what} is not set; provide {hint}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what}={path!r} does not exist; provide {hint}")
-
-
 def missing_files(config):
     """What the config needs from disk and is absent: one line per problem, each saying what to get and where."""
     problems = []
