@@ -9,6 +9,12 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the session: both xdist workers and every subprocess they start (which
+# inherit the environment) compile a program another test already compiled (the tiny train step, the sampler,
+# the evaluators) once. It lives in pytest's cache directory, so a clean clone starts cold, as CI does.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "d", "jax_compilation_cache_suite"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 # Modules that train a model in a module-scoped fixture (minutes each), longest first. CI runs
 # `-n 2 --dist loadscope`: a module stays on one worker (its fixture runs once; pytest 9 ignores the nodeid suffix
