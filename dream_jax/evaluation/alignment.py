@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from dream_jax import batching
-from dream_jax.data import oracle
-from dream_jax.evaluation import interface, prompts, shape_classifier
+from dream_jax.data import oracle, paths
+from dream_jax.evaluation import prompts, shape_classifier
 from dream_jax.generation import generate
 
 # prompts: 'shapes' (held-out captions, read back by the oracle) or a text file; num_prompts (cycled) x
@@ -79,7 +79,7 @@ def validate(config, name, s):
     for mode in s.modes:
         generate.mode_options(config, mode)
     if s.prompts != "shapes":
-        interface.check_file(s.prompts, f"{what}.prompts", prompts.HINT)
+        paths.check_file(s.prompts, f"{what}.prompts", prompts.HINT)
         if s.classifier:
             raise ValueError(f"{what}.classifier is set but {what}.prompts={s.prompts!r}; the shape classifier's "
                              "Fréchet distance measures the 'shapes' prompts only")

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from dream_jax import batching, sharding
-from dream_jax.data import clip_tokenizer
-from dream_jax.evaluation import interface, prompts
+from dream_jax.data import clip_tokenizer, paths
+from dream_jax.evaluation import prompts
 from dream_jax.generation import generate
 from dream_jax.interop import clip_weights
 from dream_jax.models import clip as clip_lib
@@ -63,11 +63,11 @@ def validate(config, name, s):
     what = f"config.evals.{name}"
     transformer.check_choice(f"{what}.model", s.model, tuple(clip_lib.ARCHITECTURES))
     transformer.check_choice(f"{what}.activation", s.activation, tuple(transformer.ACTIVATIONS))
-    interface.check_file(s.weights, f"{what}.weights", clip_weights.HINT)
-    interface.check_file(_bpe_path(config, s), f"{what}.bpe_vocab", "bpe_simple_vocab_16e6.txt.gz (or set "
-                         "config.text.clip_vocab_path). " + clip_tokenizer.SOURCE)
+    paths.check_file(s.weights, f"{what}.weights", clip_weights.HINT)
+    paths.check_file(_bpe_path(config, s), f"{what}.bpe_vocab", "bpe_simple_vocab_16e6.txt.gz (or set "
+                     "config.text.clip_vocab_path). " + clip_tokenizer.SOURCE)
     if s.prompts != "shapes":
-        interface.check_file(s.prompts, f"{what}.prompts", prompts.HINT)
+        paths.check_file(s.prompts, f"{what}.prompts", prompts.HINT)
     generate.mode_options(config, "sad" if s.sad else "plain")
 
 

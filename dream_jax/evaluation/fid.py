@@ -26,8 +26,8 @@ import scipy.linalg
 import scipy.special
 
 from dream_jax import batching, sharding
-from dream_jax.data import eval_sources
-from dream_jax.evaluation import interface, prompts
+from dream_jax.data import eval_sources, paths
+from dream_jax.evaluation import prompts
 from dream_jax.evaluation import features as features_lib
 from dream_jax.generation import generate
 from dream_jax.models.inception import FIDInceptionV3
@@ -44,10 +44,7 @@ DEFAULTS = dict(enabled=True, inception_weights="", resize="tf1", prompts="", re
 
 # ------------------------------------------------------------------------------------------------------ weights
 def _read_state_dict(path, what="config.evals.fid.inception_weights"):
-    if not path:
-        raise FileNotFoundError(f"{what} is not set; provide {WEIGHTS_HINT}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}={path!r} does not exist; provide {WEIGHTS_HINT}")
+    paths.check_file(path, what, WEIGHTS_HINT)
     if path.endswith(".npz"):
         with np.load(path) as f:
             return {k: np.asarray(f[k]) for k in f.files}
@@ -210,13 +207,13 @@ def load_statistics(path, what="config.evals.fid.reference_stats"):
 def validate(config, name, s):
     """The Inception weights, the prompt file and the reference exist (FileNotFoundError naming the setting)."""
     what = f"config.evals.{name}"
-    interface.check_file(s.inception_weights, f"{what}.inception_weights", WEIGHTS_HINT)
+    paths.check_file(s.inception_weights, f"{what}.inception_weights", WEIGHTS_HINT)
     if s.prompts != "shapes":
-        interface.check_file(s.prompts, f"{what}.prompts", prompts.HINT + " (the paper: the captions of held-out "
-                             "CC12M shards)")
+        paths.check_file(s.prompts, f"{what}.prompts", prompts.HINT + " (the paper: the captions of held-out "
+                         "CC12M shards)")
     if not (s.reference_stats and os.path.exists(s.reference_stats)) and s.reference != "shapes":
-        interface.check_file(s.reference, f"{what}.reference", "'shapes', a folder of real images, or an existing "
-                             f"{what}.reference_stats .npz")
+        paths.check_file(s.reference, f"{what}.reference", "'shapes', a folder of real images, or an existing "
+                         f"{what}.reference_stats .npz", folder_ok=True)
 
 
 def _inception(ctx, inception, images, batch_size, resize):

@@ -14,7 +14,6 @@ prompt, K candidates.
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable
 
 import jax
@@ -152,10 +151,3 @@ def make_context(rt, workdir, variables, step, use_ema, log=print):
     """The Context of evaluating one model's variables on runtime `rt` (its config and mesh)."""
     return Context(rt.config, workdir, rt.mesh, int(step), bool(use_ema), make_predict(rt, variables), log)
 
-
-def check_file(path, what, hint):
-    """FileNotFoundError naming the setting `what` when `path` is empty or missing."""
-    if not path:
-        raise FileNotFoundError(f"{what} is not set; provide {hint}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what}={path!r} does not exist; provide {hint}")

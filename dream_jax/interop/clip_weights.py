@@ -19,13 +19,13 @@ output [W, W] -> [H, K, W], transformer.py's layout); the patch conv [W, 3, P, P
 Dimension letters: W width, H heads, K head dim, M MLP width (4 W), P patch size, E embedding dim, N patches.
 """
 
-import os
 import pickle
 import warnings
 
 import numpy as np
 from safetensors.flax import load_file
 
+from dream_jax.data import paths
 from dream_jax.models import clip as clip_lib
 
 SKIPPED = ("logit_scale", "input_resolution", "context_length", "vocab_size")
@@ -108,10 +108,7 @@ def _torch_state_dict(path):
 
 def read_state_dict(path, what="config.evals.clip_score.weights"):
     """{checkpoint key: float32 array} of a .safetensors, .bin or .pt file; FileNotFoundError naming `what`."""
-    if not path:
-        raise FileNotFoundError(f"{what} is not set; provide {HINT}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}={path!r} does not exist; provide {HINT}")
+    paths.check_file(path, what, HINT)
     if path.endswith(".safetensors"):
         return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}  # flax reads bfloat16 too
     return _torch_state_dict(path)
