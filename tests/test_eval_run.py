@@ -170,9 +170,9 @@ _ONLY_ZERO_SHOT = ["--config.evals.zero_shot.num_images=32", "--config.evals.zer
                    "--config.evals.depth.enabled=False", "--config.evals.finetune.enabled=False"]
 
 
-def test_main_eval_mode_writes_the_json(trained, pytestconfig):
+def test_main_eval_mode_writes_the_json(trained):
     _, workdir = trained
-    env = th.subprocess_env(pytestconfig.cache.mkdir("jax_compilation_cache"))
+    env = th.subprocess_env()
     args = th.main_args(workdir) + ["--mode=eval"] + _ONLY_ZERO_SHOT
     proc = subprocess.run([sys.executable, "-m", "dream_jax.main", *args], cwd=th.REPO, env=env,
                           capture_output=True, text=True, timeout=300)

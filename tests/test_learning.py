@@ -43,7 +43,7 @@ def learning_config():
 def trained(tmp_path_factory):
     """(config, workdir, command-line args, subprocess env) of the module's one training run."""
     tmp = tmp_path_factory.mktemp("tiny")
-    workdir, env = tmp / "run", th.subprocess_env(tmp / "cache", optimized=True)
+    workdir, env = tmp / "run", th.subprocess_env(optimized=True)
     args = [f"--config={th.CONFIG_FILE}", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     code, out = th.run(args, env, tmp / "train.log", timeout=2400)
     assert code == 0, out[-2000:]
@@ -113,9 +113,10 @@ def test_sample_mode_writes_a_grid_and_json_of_samples_that_follow_the_prompt(tr
     assert record["prompts"] == prompts and len(record["images"]) == ROWS
     assert all(len(im["sad_scores"]) == config.sampling.num_candidates for im in record["images"])
     assert len({tuple(im["sad_scores"]) for im in record["images"]}) > 1, "candidates should be scored apart"
-    assert images.std() > 1 and len({im.tobytes() for im in images.reshape((-1,) + images.shape[2:])}) == ROWS
+    samples = images.reshape((-1,) + images.shape[2:])  # prompt-major, as np.repeat below
+    assert images.std() > 1 and len({im.tobytes() for im in samples}) == ROWS
 
-    read = oracle.read_attributes(images.reshape((-1,) + images.shape[2:]))
+    read = oracle.read_attributes(samples)
     rates = {k: float(np.mean(read[k] == np.repeat([it[k] for it in items], 2))) for k in ("position", "color",
                                                                                           "shape")}
     print("alignment", rates)

@@ -34,13 +34,12 @@ def _losses(workdir):
     return {step: r["loss"] for step, r in th.metrics_by_step(workdir).items()}
 
 
-def test_two_processes_match_one_and_resume_on_one(tmp_path, pytestconfig):
-    cache = pytestconfig.cache.mkdir("jax_compilation_cache_multihost")
+def test_two_processes_match_one_and_resume_on_one(tmp_path):
     port = _free_port()
     workdir = tmp_path / "multi"
     procs = []
     for rank in range(2):
-        env = th.subprocess_env(cache, devices=4)
+        env = th.subprocess_env(devices=4)
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank))
         # The two processes compile the step separately; on a busy 2-core machine one can reach the first
         # collective minutes after the other, past gloo's default 30 s.
@@ -61,7 +60,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, pytestconfig):
                                                                               "process_1-of-2.json"]
 
     # The reference: one process with all 8 devices, the same mesh, straight through.
-    single_env = th.subprocess_env(cache, devices=8)
+    single_env = th.subprocess_env(devices=8)
     reference = tmp_path / "single"
     code, out = th.run(_args(reference, STEPS), single_env, tmp_path / "single.txt")
     assert code == 0, out[-3000:]

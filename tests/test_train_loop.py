@@ -25,8 +25,8 @@ HALF = STEPS // 2
 
 
 @pytest.fixture(scope="module")
-def env(pytestconfig):
-    return th.subprocess_env(pytestconfig.cache.mkdir("jax_compilation_cache"))
+def env():
+    return th.subprocess_env()
 
 
 @pytest.fixture(scope="module")

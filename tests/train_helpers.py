@@ -65,16 +65,16 @@ def main_args(workdir, **extra):
     return [f"--config={CONFIG_FILE}", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in values.items()]
 
 
-def subprocess_env(cache_dir, devices=1, optimized=False):
-    """The test process's environment with `devices` CPU devices and a shared persistent compilation cache;
-    `optimized`: without conftest's FAST_COMPILE, for a run whose time is its steps rather than its compilation."""
+def subprocess_env(devices=1, optimized=False):
+    """The test process's environment (conftest's persistent compilation cache of the session included, every
+    program cached) with `devices` CPU devices; `optimized`: without conftest's FAST_COMPILE, for a run whose time
+    is its steps rather than its compilation."""
     env = dict(os.environ)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
     if optimized:
         flags = re.sub(r"--xla_backend_optimization_level=\S+", "", flags)
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     return env

@@ -194,9 +194,7 @@ def save_statistics(path, mu, sigma, count):
 
 def load_statistics(path, what="config.evals.fid.reference_stats"):
     """(mu, sigma) from an .npz with `mu` and `sigma` (ours, pytorch-fid's or torch-fidelity's layout)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}={path!r} does not exist; provide an .npz with mu and sigma of the "
-                                "reference images' pool3 features")
+    paths.check_file(path, what, "an .npz with mu and sigma of the reference images' pool3 features")
     with np.load(path) as f:
         if "mu" not in f.files or "sigma" not in f.files:
             raise ValueError(f"{what}={path!r} has {f.files}; expected arrays 'mu' and 'sigma'")
