@@ -58,6 +58,32 @@ def test_fsdp_checkpoint_on_8_devices_restores_on_1(tmp_path):
     th.assert_trees_equal(again, state)
 
 
+def test_replicated_state_on_8_devices_saves_without_compiling(tmp_path):
+    """On one process each replicated array is written from one replica: orbax's replica-parallel default would
+    slice every array on every device with an eagerly compiled op (25 s for the tiny state's first save)."""
+    mesh = sharding.make_mesh(th.tiny_config(mesh__shape=(8, 1, 1)))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = {f"w{i}": jax.device_put(np.full((8 * (i + 1), 16), i, np.float32), replicated) for i in range(4)}
+    compiles = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        manager = checkpoint.Manager(str(tmp_path), th.tiny_config())
+        manager.save(1, state)
+        manager.close()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    manager = checkpoint.Manager(str(tmp_path), th.tiny_config(), read_only=True)
+    th.assert_trees_equal(manager.restore_latest(abstract)[0], state)
+    manager.close()
+
+
 # ------------------------------------------------------------------------------------- corrupt checkpoints
 def _small_state(value):
     return {"w": np.full((64, 32), value, np.float32), "b": {"count": np.arange(7, dtype=np.int32) + int(value)}}

@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+import conftest
 from configs import dream_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,7 @@ def subprocess_env(devices=1, optimized=False):
     env = dict(os.environ)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
     if optimized:
-        flags = re.sub(r"--xla_backend_optimization_level=\S+", "", flags)
+        flags = flags.replace(conftest.FAST_COMPILE, "")
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
