@@ -115,9 +115,17 @@ def _write_each_array_once():
     slices each array on each of its devices with an eager op, compiled per device and shape: on one host it
     only costs time (25 s of the tiny state's first save on 8 CPU devices; the files are the same either way).
     """
-    if jax.process_count() == 1:
+    current = ocp.type_handlers.get_type_handler(jax.Array)
+    if jax.process_count() > 1 or getattr(current, "_use_replica_parallel", None) is False:
+        return
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that it overrides its own default handler
+    try:
         ocp.type_handlers.register_type_handler(
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _data_process_count(data_dir):

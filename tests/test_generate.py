@@ -180,28 +180,36 @@ def test_sad_choice_is_the_argmax_of_a_per_candidate_reference(setup):
     k, tc = 4, 3
     opts = dataclasses.replace(OPTS, num_candidates=k, sad_step=tc)
     _, scores, best = run(setup, opts, seed=5)
-    # Reference: replay phase 1 with the sampler's own steps, then score every candidate alone (batch of 1).
+    # Reference: replay phase 1 with the sampler's own steps, then score every candidate alone (batch of 1); each
+    # part under one jit, as the sampler's, instead of op by op.
     from dream_jax.models.dream import DREAM
 
     model = DREAM(config.model)
-    order_rng, steps_rng = jax.random.split(jax.random.key(5))
     b, length = clip_ids.shape[0], config.model.seq_len
-    cap = generate.capacity(length, opts.num_iter)
-    orders = generate.random_orders(order_rng, b, length)
-    orders = jnp.concatenate([orders, jnp.full((b, cap), length, jnp.int32)], axis=1)
-    text = model.apply(variables, frozen_lib.cond_features(fc, frozen, cond_ids, cond_mask), method=DREAM.align_text)
-    empty = model.apply(variables, frozen.empty_cond[None], method=DREAM.align_text)
-    ctx = generate._Context(variables, jnp.repeat(text, k, 0), jnp.broadcast_to(empty, (b * k,) + empty.shape[1:]),
-                            jnp.repeat(orders, k, 0), tokens_lib.x0_constraint(fc, frozen), k)
-    tokens = jnp.zeros((b * k, length, config.model.token_dim))
-    mask = jnp.ones((b * k, length), bool)
-    tokens, mask = generate._run_steps(fc, opts, ctx, steps_rng, 0, tc, tokens, mask)
+
+    @jax.jit
+    def phase_one(variables, frozen, cond_ids, cond_mask):
+        order_rng, steps_rng = jax.random.split(jax.random.key(5))
+        cap = generate.capacity(length, opts.num_iter)
+        orders = generate.random_orders(order_rng, b, length)
+        orders = jnp.concatenate([orders, jnp.full((b, cap), length, jnp.int32)], axis=1)
+        text = model.apply(variables, frozen_lib.cond_features(fc, frozen, cond_ids, cond_mask),
+                           method=DREAM.align_text)
+        empty = model.apply(variables, frozen.empty_cond[None], method=DREAM.align_text)
+        ctx = generate._Context(variables, jnp.repeat(text, k, 0), jnp.broadcast_to(empty, (b * k,) + empty.shape[1:]),
+                                jnp.repeat(orders, k, 0), tokens_lib.x0_constraint(fc, frozen), k)
+        tokens = jnp.zeros((b * k, length, config.model.token_dim))
+        mask = jnp.ones((b * k, length), bool)
+        return generate._run_steps(fc, opts, ctx, steps_rng, 0, tc, tokens, mask)
+
+    tokens, mask = phase_one(variables, frozen, cond_ids, cond_mask)
     text_emb = model.apply(variables, clip_ids, method=DREAM.text_embedding)
+    score_one = jax.jit(functools.partial(generate.sad_scores, fc))
     ref = np.zeros((b, k))
     for i in range(b):
         for j in range(k):
             n = i * k + j
-            ref[i, j] = generate.sad_scores(fc, variables, tokens[n:n + 1], mask[n:n + 1], text_emb[i:i + 1])[0]
+            ref[i, j] = score_one(variables, tokens[n:n + 1], mask[n:n + 1], text_emb[i:i + 1])[0]
     np.testing.assert_allclose(np.asarray(scores), ref, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(best), ref.argmax(1))
     assert len(set(np.round(ref.ravel(), 6))) > b, "candidates should differ"
@@ -225,6 +233,21 @@ def test_sampler_compiles_once_per_job(setup):
     assert generate.generate._cache_size() == before + 1
     assert images.shape[:2] == (5, 2) and scores.shape == (5, 2, 1)
     assert len({im.tobytes() for im in images.reshape((-1,) + images.shape[2:])}) == 10
+
+
+def test_configs_differing_outside_the_model_parts_share_programs():
+    """The end-of-training report samples its grid with the train config and its alignment with final_config's:
+    generate's static config is the same for both, so the second job reuses the first's compiled program."""
+    from dream_jax.evaluation import report
+
+    config = small_config()
+    config.final_evals = ("alignment",)
+    final = report.final_config(config)
+    assert final.evals.to_dict() != config.evals.to_dict()
+    assert generate.freeze(final) == generate.freeze(config)
+    assert hash(generate.freeze(final)) == hash(generate.freeze(config))
+    config.diffusion.sampling_steps += 1
+    assert generate.freeze(final) != generate.freeze(config)
 
 
 def test_bad_options_raise():

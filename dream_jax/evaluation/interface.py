@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dream_jax import batching, tokens
-from dream_jax.generation import sampler
+from dream_jax.generation import generate, sampler
 
 from dream_jax.evaluation import features as features_lib
 from dream_jax.models import contrastive
@@ -128,7 +128,7 @@ def _encode(config, logit_scale, params, frozen, images, rng, train=False, drop_
 
 def make_predict(rt, variables):
     """Predict's functions bound to one model's variables and a runtime's frozen components and tokenizers."""
-    frozen_config, frozen = ml_collections.FrozenConfigDict(rt.config), rt.frozen
+    frozen_config, frozen = generate.freeze(rt.config), rt.frozen
 
     def features(images, rng, pooling="buffer"):
         if pooling not in features_lib.POOLINGS:

@@ -291,6 +291,13 @@ def mode_options(config, mode):
     return opts
 
 
+# What the jitted model functions read of a config: the models, the tokenizer, the text encoders and the diffusion
+# head. A job's other settings (evaluators, schedule, paths) do not change the program.
+MODEL_PARTS = ("model", "tokenizer", "text", "diffusion")
+
+
 def freeze(config):
-    """A hashable config for `generate`'s static argument."""
-    return ml_collections.FrozenConfigDict(config)
+    """A hashable config of MODEL_PARTS for the static argument of `generate` and the evaluators' model functions,
+    so that jobs whose configs differ elsewhere share their compiled programs (the end-of-training report's grid and
+    its alignment samples, whose config has only the final evaluators)."""
+    return ml_collections.FrozenConfigDict({name: config[name] for name in MODEL_PARTS})
