@@ -103,17 +103,20 @@ def _boxed_state(config, rng):
     )
 
 
+def _abstract_boxed_state(config):
+    return jax.eval_shape(functools.partial(_boxed_state, config), jax.random.key(0))
+
+
 def state_shardings(config, mesh):
     """NamedShardings of the (unboxed) train state, from the modules' logical axis names."""
-    abstract = jax.eval_shape(functools.partial(_boxed_state, config), jax.random.key(0))
-    return sharding.logical_shardings(abstract, mesh, config)
+    return sharding.logical_shardings(_abstract_boxed_state(config), mesh, config)
 
 
 def abstract_state(config, mesh):
     """The state as ShapeDtypeStructs carrying their shardings: the restore target; allocates nothing."""
-    shapes = jax.eval_shape(lambda r: nn.unbox(_boxed_state(config, r)), jax.random.key(0))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                        state_shardings(config, mesh))
+    boxed = _abstract_boxed_state(config)  # one trace of the model's init for the shapes and the shardings
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed),
+                        sharding.logical_shardings(boxed, mesh, config))
 
 
 def create_state(config, mesh):

@@ -7,6 +7,7 @@ TensorBoard events via its purge step), so every step appears once in both.
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -22,8 +23,6 @@ class Writer:
         self._tb = None
         self._jsonl = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
             path = os.path.join(workdir, "metrics.jsonl")
             purge_step = None
             if _is_remote(workdir):  # gs://: tensorboardX writes it itself (google-cloud-storage, the gcs extra)
@@ -35,7 +34,7 @@ class Writer:
                     _drop_records_after(path, resume_step)
                     purge_step = resume_step + 1
                 self._jsonl = open(path, "a")
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
+            self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
 
     def scalars(self, step, values):
         if not self.enabled:
@@ -56,6 +55,22 @@ class Writer:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported with torch hidden where torch is not loaded yet: tensorboardX imports
+    torch when it is installed (the export extra; 3.4 s at the start of every run here) only to accept torch
+    tensors, and this writer passes floats."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, as where torch is not installed
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _is_remote(path):

@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -255,6 +257,18 @@ def test_metrics_and_tensorboard_events(straight_run):
     assert len(runs) == 1
     traces = [n for n in os.listdir(tensorboard / "plugins" / "profile" / runs[0]) if n.endswith(".xplane.pb")]
     assert len(traces) == 1 and os.path.getsize(tensorboard / "plugins" / "profile" / runs[0] / traces[0]) > 1000
+
+
+def test_writer_does_not_load_torch(tmp_path):
+    """tensorboardX imports torch where it is installed (seconds at the start of every run); the writer hides it,
+    writes its events, and torch still imports afterwards."""
+    pytest.importorskip("torch")
+    script = ("import sys; from dream_jax import summary; w = summary.Writer(sys.argv[1]); w.scalars(1, {'loss': 1.0});"
+              " w.close(); print('torch' in sys.modules); import torch; print(torch.ones(2).sum().item())")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=th.REPO, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "2.0"]
+    assert [e.summary.value[0].tag for e in _events(tmp_path / "tensorboard") if e.summary.value] == ["loss"]
 
 
 def test_writer_on_resume_drops_records_after_the_resume_step(tmp_path):
