@@ -1,13 +1,8 @@
 """Test setup: 8 fake CPU devices for sharding tests, set before jax is imported; the longest modules first."""
 import os
 
-# Compile for compile time: the tests' time is compilation (tiny shapes, a few steps). LLVM optimisation level 0
-# cuts it by about a third (test_generate.py's two longest tests: 93 s -> 59 s); XLA:CPU's older elemental emitters
-# instead of its MLIR fusion emitters, in one LLVM module instead of 32 split for parallel codegen (2 cores, two
-# workers), cut it by another ~45% (the smoke test's train step: 13.4 s -> 7.4 s). The one long training run
-# (test_learning.py) asks train_helpers.subprocess_env for the default, optimised code, which runs twice as fast.
-FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
-                "--xla_cpu_parallel_codegen_split_count=1")
+from xla_flags import FAST_COMPILE
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE
 ).strip()

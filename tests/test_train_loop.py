@@ -110,6 +110,7 @@ from dream_jax.data import pipeline
 from dream_jax.data import tokenizers as tokenizers_lib
 from dream_jax.training import train
 
+assert jax.device_count() == 1, jax.devices()  # subprocess_env's one device, not conftest's 8
 config = th.tiny_config()
 mesh = sharding.make_mesh(config)
 tokenizers = tokenizers_lib.make_tokenizers(config)

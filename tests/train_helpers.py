@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-import conftest
+import xla_flags
 from configs import dream_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,12 +68,12 @@ def main_args(workdir, **extra):
 
 def subprocess_env(devices=1, optimized=False):
     """The test process's environment (conftest's persistent compilation cache of the session included, every
-    program cached) with `devices` CPU devices; `optimized`: without conftest's FAST_COMPILE, for a run whose time
+    program cached) with `devices` CPU devices; `optimized`: without xla_flags.FAST_COMPILE, for a run whose time
     is its steps rather than its compilation."""
     env = dict(os.environ)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
     if optimized:
-        flags = flags.replace(conftest.FAST_COMPILE, "")
+        flags = flags.replace(xla_flags.FAST_COMPILE, "")
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
