@@ -56,7 +56,8 @@ def load(config, tokenizers):
     if config.text.cond_encoder == "tiny_t5":
         t5 = tiny_t5_config(config)
         ids = jnp.zeros((1, config.model.cond_len), jnp.int32)
-        cond = t5_lib.T5EncoderModel(t5).init(jax.random.key(config.text.tiny_t5.seed), ids)
+        # One jitted program: op by op, the init compiled ~50 small programs (~6 s at every start).
+        cond = jax.jit(t5_lib.T5EncoderModel(t5).init)(jax.random.key(config.text.tiny_t5.seed), ids)
     else:
         t5, params = pretrained.load_t5(config.text.t5_path)
         cond = {"params": params}
@@ -68,8 +69,9 @@ def load(config, tokenizers):
     pca = fit_pca(config) if config.tokenizer.pca_dim else None
     partial = Frozen(cond, jnp.zeros(()), vae, pca, t5, vae_config)
     empty_ids, empty_mask = tokenizers.cond_ids([""])
-    return partial.replace(empty_cond=cond_features(config, partial, jnp.asarray(empty_ids),
-                                                    jnp.asarray(empty_mask))[0])
+    empty = jax.jit(lambda f, i, m: cond_features(config, f, i, m))(partial, jnp.asarray(empty_ids),
+                                                                     jnp.asarray(empty_mask))
+    return partial.replace(empty_cond=empty[0])
 
 
 def abstract(config, t5, vae_config):

@@ -12,6 +12,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from dream_jax import sharding
@@ -104,6 +105,13 @@ def _boxed_state(config, rng):
 
 
 def _abstract_boxed_state(config):
+    return _abstract_boxed_state_of(ml_collections.FrozenConfigDict(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_boxed_state_of(config):
+    # Cached by the whole (frozen, hashable) config: a training start asks for it three times (the restore target,
+    # the created state's and the step's shardings), each a trace of the model's init.
     return jax.eval_shape(functools.partial(_boxed_state, config), jax.random.key(0))
 
 

@@ -64,19 +64,10 @@ def test_replicated_state_on_8_devices_saves_without_compiling(tmp_path):
     mesh = sharding.make_mesh(th.tiny_config(mesh__shape=(8, 1, 1)))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = {f"w{i}": jax.device_put(np.full((8 * (i + 1), 16), i, np.float32), replicated) for i in range(4)}
-    compiles = []
-
-    def listen(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with th.backend_compiles() as compiles:
         manager = checkpoint.Manager(str(tmp_path), th.tiny_config())
         manager.save(1, state)
         manager.close()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     manager = checkpoint.Manager(str(tmp_path), th.tiny_config(), read_only=True)

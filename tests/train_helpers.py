@@ -5,6 +5,7 @@ Subprocesses see one CPU device (a bit-exact resume needs no mesh; the fsdp rest
 share a persistent compilation cache in pytest's cache directory, so only the first run of a session compiles.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -79,6 +80,22 @@ def subprocess_env(devices=1, optimized=False):
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     return env
+
+
+@contextlib.contextmanager
+def backend_compiles():
+    """Yields a list that collects the seconds of every XLA backend compilation made inside the block."""
+    compiles = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def start(args, env, log_path, module=("-m", "dream_jax.main")):
