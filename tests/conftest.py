@@ -27,8 +27,8 @@ def _rank(item):
 
 
 def pytest_configure(config):
-    # xdist's loadscope hands out modules with the most tests first unless told not to, which put the 1000-step
-    # test_learning.py (4 tests) last: keep the order below.
+    # xdist's loadscope hands out modules with the most tests first unless told not to, which put the 800-step
+    # test_learning.py (5 tests) last: keep the order below.
     config.option.loadscopereorder = False
 
 
