@@ -48,6 +48,7 @@
 # %% tags=["parameters"]
 TRAIN_STEPS = 3600  # optimiser steps; the paper's 48-epoch masking warmup is compressed into them
 BATCH_SIZE = 32  # global batch: a multiple of the 4 mask groups and of the number of devices
+DEPTH = 3  # transformer blocks of the encoder and of the decoder each (the embedded default's 3)
 LOG_EVERY = 50  # steps between logged points (the live plot's resolution)
 SAMPLING_ITERS = 8  # MAR decoding steps per image (16 tokens)
 DIFFUSION_STEPS = 50  # respaced DDPM steps of the diffusion head at every decoding step
@@ -160,6 +161,7 @@ def notebook_config():
     """The embedded default, resized by the parameter cell; the 48-epoch warmups are compressed into the run."""
     c = dream_tiny.get_config()
     c.batch_size = BATCH_SIZE
+    c.model.encoder_depth = c.model.decoder_depth = DEPTH
     c.total_steps = TRAIN_STEPS
     c.steps_per_epoch = max(1, round(TRAIN_STEPS / c.num_epochs))
     c.log_every = LOG_EVERY

@@ -14,11 +14,15 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "d", "jax_compilation_cache_suite"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-# Modules that train a model in a module-scoped fixture (minutes each), longest first. CI runs
-# `-n 2 --dist loadscope`: a module stays on one worker (its fixture runs once; pytest 9 ignores the nodeid suffix
-# by which xdist 3.8's loadgroup would group tests, so loadgroup split these modules and trained twice), and
-# started at once they overlap the many short modules instead of trailing them.
-_LONG_MODULES = ("test_learning.py", "test_eval_run.py", "test_notebook.py")
+# The modules of half a minute or more, longest first (their module-wide wall times in one run of the suite, idle:
+# test_learning.py 429 s, then 133 down to 34 s). CI runs `-n 2 --dist loadscope`: a module stays on one worker
+# (its fixtures run once; pytest 9 ignores the nodeid suffix by which xdist 3.8's loadgroup would group tests, so
+# loadgroup split these modules and trained twice), and a worker takes the next module when it finishes one. Longest
+# first, the short modules fill in at the end and both workers finish within seconds of each other; in file order
+# test_train_loop.py (122 s) came last and left one worker idle for 100 s.
+_LONG_MODULES = ("test_learning.py", "test_generate.py", "test_train_loop.py", "test_multihost.py", "test_notebook.py",
+                 "test_eval_run.py", "test_sharded_equivalence.py", "test_encoder_capacity.py", "test_compile.py",
+                 "test_scan_layers.py", "test_export.py", "test_eval_fid_run.py", "test_main_errors.py")
 
 
 def _rank(item):

@@ -242,6 +242,7 @@ def test_configs_differing_outside_the_model_parts_share_programs():
 
     config = small_config()
     config.final_evals = ("alignment",)
+    config.lock()  # as the command line's config is; final_config's copy is not
     final = report.final_config(config)
     assert final.evals.to_dict() != config.evals.to_dict()
     assert generate.freeze(final) == generate.freeze(config)

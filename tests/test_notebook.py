@@ -22,7 +22,7 @@ COLAB = "https://colab.research.google.com/github/"
 
 # Every name of the parameter cell, at the smallest values that still exercise each section (SAD needs
 # NUM_CANDIDATES > 1 and 0 < SAD_STEP < SAMPLING_ITERS; BATCH_SIZE is a multiple of the 4 mask groups).
-TINY = dict(TRAIN_STEPS=6, BATCH_SIZE=16, LOG_EVERY=2, SAMPLING_ITERS=4, DIFFUSION_STEPS=4, NUM_CANDIDATES=2,
+TINY = dict(TRAIN_STEPS=6, BATCH_SIZE=16, DEPTH=1, LOG_EVERY=2, SAMPLING_ITERS=4, DIFFUSION_STEPS=4, NUM_CANDIDATES=2,
             SAD_STEP=2, SAMPLES_PER_PROMPT=2, ZERO_SHOT_IMAGES=32)
 
 

@@ -299,5 +299,6 @@ MODEL_PARTS = ("model", "tokenizer", "text", "diffusion")
 def freeze(config):
     """A hashable config of MODEL_PARTS for the static argument of `generate` and the evaluators' model functions,
     so that jobs whose configs differ elsewhere share their compiled programs (the end-of-training report's grid and
-    its alignment samples, whose config has only the final evaluators)."""
-    return ml_collections.FrozenConfigDict({name: config[name] for name in MODEL_PARTS})
+    its alignment samples, whose config has only the final evaluators). Built from plain dicts: ConfigDict equality
+    also compares lock states, which differ between a command line's locked config and an unlocked copy of it."""
+    return ml_collections.FrozenConfigDict({name: config[name].to_dict() for name in MODEL_PARTS})
