@@ -105,7 +105,8 @@ def _boxed_state(config, rng):
 
 
 def _abstract_boxed_state(config):
-    return _abstract_boxed_state_of(ml_collections.FrozenConfigDict(config))
+    # From a plain dict: ConfigDict equality also compares lock states (see generate.freeze).
+    return _abstract_boxed_state_of(ml_collections.FrozenConfigDict(config.to_dict()))
 
 
 @functools.lru_cache(maxsize=8)

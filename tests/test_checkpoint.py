@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from dream_jax import checkpoint, sharding
+from dream_jax import checkpoint, sharding, state as state_lib
 from dream_jax.training import train
 
 
@@ -56,6 +56,14 @@ def test_fsdp_checkpoint_on_8_devices_restores_on_1(tmp_path):
     manager.close()
     assert all(a.sharding == b.sharding for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)))
     th.assert_trees_equal(again, state)
+
+
+def test_restore_target_is_traced_once_for_a_locked_config_and_its_copy():
+    """The command line's config is locked, copies of it (report.final_config) are not: one cached trace serves both."""
+    config = th.tiny_config()
+    config.lock()
+    copy = ml_collections.ConfigDict(config.to_dict())
+    assert state_lib._abstract_boxed_state(config) is state_lib._abstract_boxed_state(copy)
 
 
 def test_replicated_state_on_8_devices_saves_without_compiling(tmp_path):
