@@ -77,6 +77,8 @@ def _run(config, mode, workdir):
             train.train_and_evaluate(config, workdir)
         except train.NonFiniteError as e:  # not a usage error: exit 1, but one line, not a traceback
             _fail(e, code=1)
+        except train.Interrupted as e:  # Ctrl-C, checkpointed: the shell's exit code for it
+            _fail(e, code=130)
     elif mode == "sample":
         from dream_jax.generation import sample
 

@@ -1,5 +1,5 @@
 """Tests of the training loop (dream_jax.training.train) as a user runs it: learning, bit-exact resume after SIGKILL,
-SIGTERM preemption, the NaN guard, and the metrics it writes.
+SIGTERM preemption and Ctrl-C, the NaN guard, and the metrics it writes.
 
 Runs are real `python -m dream_jax.main` subprocesses (or small scripts around the library) on one CPU device
 with a shrunken tiny config (train_helpers.OVERRIDES); they share a persistent compilation cache, so only the
@@ -142,24 +142,46 @@ def test_loss_decreases_on_a_fixed_batch(env, tmp_path):
         assert last < 0.8 * first, f"{name}: {first:.4f} -> {last:.4f}"
 
 
-def test_sigterm_checkpoints_and_the_rerun_resumes(env, tmp_path):
+def _stop_with(signum, args, env, log, step):
+    """Starts `args`, sends `signum` once the progress line of `step` is out; returns (exit code, output)."""
+    proc = th.start(args, env, log)
+    th.wait_for(lambda: f"step {step}/" in th.read(log), proc, what=f"step {step}")
+    proc.send_signal(signum)
+    return proc.wait(timeout=120), th.read(log)
+
+
+def test_sigterm_and_ctrl_c_checkpoint_and_the_rerun_resumes(env, tmp_path):
+    """SIGTERM (a preemption) checkpoints the step it lands in and exits 0; the rerun resumes there, and a Ctrl-C
+    (SIGINT) does the same but exits 130 with one line saying so."""
     workdir = tmp_path / "run"
-    log = tmp_path / "terminated.txt"
-    proc = th.start(th.main_args(workdir, total_steps=1000, checkpoint_every=1000), env, log)
-    th.wait_for(lambda: "step 2/1000" in th.read(log), proc, what="step 2")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, th.read(log)
-    assert "signal 15 received" in th.read(log)
+    args = th.main_args(workdir, total_steps=1000, checkpoint_every=1000)
+    code, out = _stop_with(signal.SIGTERM, args, env, tmp_path / "terminated.txt", 2)
+    assert code == 0, out
+    assert "signal 15 received" in out
     steps = th.finalized_steps(workdir)
     assert len(steps) == 1 and 2 <= steps[0] < 1000, steps
     stopped = steps[0]
     assert max(th.metrics_by_step(workdir)) == stopped
 
-    code, out = th.run(th.main_args(workdir, total_steps=stopped + 2, checkpoint_every=1000), env,
-                       tmp_path / "rerun.txt")
-    assert code == 0, out
-    assert f"step {stopped + 1}/{stopped + 2}" in out and "step 1/" not in out
-    assert th.finalized_steps(workdir) == [stopped, stopped + 2]
+    code, out = _stop_with(signal.SIGINT, args, env, tmp_path / "interrupted.txt", stopped + 2)
+    assert code == 130, out
+    assert f"step {stopped + 1}/1000" in out and "step 1/" not in out, "it did not resume"
+    steps = th.finalized_steps(workdir)
+    assert len(steps) == 2 and steps[0] == stopped and stopped + 2 <= steps[1] < 1000, steps
+    assert out.strip().splitlines()[-1] == (f"error: interrupted at step {steps[1]}, its checkpoint saved: rerun "
+                                            "the same command to resume")
+    assert max(th.metrics_by_step(workdir)) == steps[1]
+
+
+def test_a_second_ctrl_c_aborts_at_once():
+    preemption = train._Preemption()
+    preemption(signal.SIGTERM, None)
+    preemption(signal.SIGTERM, None)  # repeated preemption notices only set the flag
+    assert preemption.requested and not preemption.interrupted
+    preemption(signal.SIGINT, None)
+    assert preemption.interrupted
+    with pytest.raises(KeyboardInterrupt):
+        preemption(signal.SIGINT, None)
 
 
 NAN_SCRIPT = '''

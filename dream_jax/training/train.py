@@ -297,9 +297,15 @@ class NonFiniteError(RuntimeError):
     """Raised by the NaN guard; the last good checkpoint is left in place."""
 
 
+class Interrupted(RuntimeError):
+    """Raised after a Ctrl-C stopped the loop and its checkpoint was written (main exits with 130, as a shell's
+    Ctrl-C does, so that `train && eval` does not go on)."""
+
+
 @dataclasses.dataclass
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so it can checkpoint and exit cleanly.
+    """Turns SIGTERM (a preemption) and the first SIGINT (Ctrl-C) into a flag the loop polls, so that it checkpoints
+    the step it is on and exits cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt) without saving.
 
     With several processes only some may receive the signal, so they agree (an all-gather of the flag) every
     `check_every` steps and all stop at the same step.
@@ -308,10 +314,18 @@ class _Preemption:
     multiprocess: bool = False
     check_every: int = 1
     requested: bool = False
+    interrupted: bool = False  # by SIGINT on this process (the exit code says so)
 
     def __call__(self, signum, frame):
         del frame
-        logging.warning("signal %d received: checkpointing and stopping", signum)
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            logging.warning("Ctrl-C: checkpointing at the end of this step, then stopping (Ctrl-C again aborts "
+                            "without saving)")
+        else:
+            logging.warning("signal %d received: checkpointing and stopping", signum)
         self.requested = True
 
     def should_stop(self, step):
@@ -398,7 +412,7 @@ def train_and_evaluate(config, workdir):
     step_fn = compile_step(config, mesh, frozen, first)
 
     preemption = _Preemption(multiprocess=jax.process_count() > 1, check_every=config.log_every)
-    previous = signal.signal(signal.SIGTERM, preemption)
+    previous = {signum: signal.signal(signum, preemption) for signum in (signal.SIGTERM, signal.SIGINT)}
     progress = summary_lib.Progress(start, num_steps, config.batch_size)
     trace = profiler.StepTrace(profiler.parse(config.profile_steps, num_steps), os.path.join(workdir, "tensorboard"),
                                start)
@@ -423,6 +437,9 @@ def train_and_evaluate(config, workdir):
                 manager.save(step, state, data)
             finished = last
             if stop:
+                if preemption.interrupted:
+                    raise Interrupted(f"interrupted at step {step}, its checkpoint saved: rerun the same command "
+                                      "to resume")
                 break
             start_eval = time.monotonic()
             if eval_run.maybe_evaluate(rt, workdir, step, state) is not None:
@@ -431,7 +448,8 @@ def train_and_evaluate(config, workdir):
                 batch = sharding.global_batch(next(data), mesh, config)
     finally:
         trace.close()
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         manager.close()
         writer.close()
     if finished:
