@@ -48,6 +48,7 @@ class Manager:
 
     def restore(self, step, abstract_state, data_iterator=None):
         """The state of `step`, and the data iterator's position (also from a run with another process count)."""
+        _check_shapes(epath.Path(self.directory) / str(step) / "state", abstract_state)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         data_dir = epath.Path(self.directory) / str(step) / "data"
         written_by = _data_process_count(data_dir) if data_iterator is not None else None
@@ -126,6 +127,26 @@ def _write_each_array_once():
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
     finally:
         absl_logger.setLevel(level)
+
+
+def _check_shapes(state_dir, abstract_state):
+    """ValueError naming the first array whose stored shape differs from `abstract_state`'s, read from the step's
+    metadata before orbax restores anything (a restore of a mismatched state fails deep in orbax, and its pending
+    reads then print tracebacks as the process exits). Arrays missing on either side are left to orbax."""
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        stored = handler.metadata(state_dir)
+    finally:
+        handler.close()
+    shapes = {_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(stored)}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
+        name = _name(path)
+        if shapes.get(name, tuple(leaf.shape)) != tuple(leaf.shape):
+            raise ValueError(f"{name} is {shapes[name]} in the checkpoint but {tuple(leaf.shape)} in this config")
+
+
+def _name(path):
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _data_process_count(data_dir):

@@ -169,6 +169,17 @@ def test_no_restorable_step_is_an_error_not_a_fresh_start(two_steps):
     assert sorted(os.listdir(os.path.join(two_steps, "checkpoints"))) == ["1", "2"]  # nothing moved
 
 
+def test_a_config_that_does_not_fit_names_the_array_and_moves_nothing(two_steps):
+    abstract = _abstract_small()
+    abstract["b"]["count"] = jax.ShapeDtypeStruct((8,), np.int32, sharding=abstract["b"]["count"].sharding)
+    manager = checkpoint.Manager(str(two_steps), CONFIG)
+    with pytest.raises(ValueError, match=r"the newest, step 2, failed with ValueError: b/count is \(7,\) in the "
+                                         r"checkpoint but \(8,\) in this config \(does the config match"):
+        manager.restore_latest(abstract)
+    manager.close()
+    assert sorted(os.listdir(os.path.join(two_steps, "checkpoints"))) == ["1", "2"]
+
+
 def test_read_only_restore_leaves_corrupt_steps_in_place(two_steps):
     _delete_state(os.path.join(two_steps, "checkpoints", "2"))
     manager = checkpoint.Manager(str(two_steps), CONFIG, read_only=True)
