@@ -70,6 +70,8 @@ def _run(config, mode, workdir):
         return
     if not workdir:
         raise UserError(f"--workdir is required for --mode={mode}")
+    if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is a file, not a directory")
     if mode == "train":
         from dream_jax.training import train
 

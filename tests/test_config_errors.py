@@ -64,6 +64,17 @@ CASES = [
     ("model.remat", "sometimes", r"model\.remat='sometimes': expected one of 'none', 'full', 'save_dots'"),
     ("model.attention", "flash", r"model\.attention='flash': expected one of 'xla', 'cudnn'"),
     ("model.precision", "fp8", r"model\.precision='fp8': expected one of 'float32', 'bfloat16'"),
+    ("optim.base_lr", -1e-3, r"optim\.base_lr=-0\.001 must be > 0"),
+    ("optim.weight_decay", -0.1, r"optim\.weight_decay=-0\.1 must be >= 0"),
+    ("optim.b2", 1.0, r"optim\.b2=1\.0 must be in \[0, 1\)"),
+    ("optim.grad_clip", 0.0, r"optim\.grad_clip=0\.0 must be > 0"),
+    ("optim.warmup_epochs", -1.0, r"optim\.warmup_epochs=-1\.0 must be >= 0"),
+    ("optim.ema_rate", 1.0, r"optim\.ema_rate=1\.0 must be in \[0, 1\)"),
+    ("total_steps", 0, r"total_steps=0 must be >= 1, or -1 for num_epochs x steps_per_epoch"),
+    ("steps_per_epoch", 0, r"steps_per_epoch=0 must be >= 1"),
+    ("log_every", 0, r"log_every=0 must be >= 1"),
+    ("checkpoint_every", 0, r"checkpoint_every=0 must be >= 1"),
+    ("keep_checkpoints", 0, r"keep_checkpoints=0 must be >= 1"),
     ("profile_steps", "5", r"profile_steps='5': expected two step numbers 'a,b'"),
     ("profile_steps", "a,b", r"profile_steps='a,b': expected two step numbers"),
     ("profile_steps", "0,3", r"profile_steps='0,3': need 1 <= a <= b <= total steps \(3600\)"),
@@ -75,6 +86,14 @@ CASES = [
 def test_bad_value_raises_one_clear_error(path, value, message):
     with pytest.raises(ValueError, match=message):
         train.validate_config(_bad(path, value))
+
+
+def test_epochs_count_only_when_they_set_the_length():
+    config = _bad("num_epochs", 0)
+    train.validate_config(config)  # total_steps=3600 sets the length
+    config.total_steps = -1
+    with pytest.raises(ValueError, match=r"num_epochs=0 must be > 0 \(total_steps=-1 takes the length from it\)"):
+        train.validate_config(config)
 
 
 def test_min_above_max_ratio():

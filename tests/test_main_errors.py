@@ -24,6 +24,8 @@ CASES = {
     # conftest gives the process 8 CPU devices, and the tiny config's mesh is all data-parallel.
     "batch not divisible by devices": ([TINY, "--config.batch_size=12"], "batch_size=12"),
     "stray argument": ([TINY, "stray"], "stray"),
+    "workdir is a file": ([TINY, "--workdir=setup.py"], "--workdir=setup.py is a file, not a directory"),
+    "negative learning rate": ([TINY, "--config.optim.base_lr=-1"], "optim.base_lr=-1.0 must be > 0"),
 }
 
 

@@ -370,8 +370,32 @@ def validate_config(config):
     transformer.remat_policy(m.remat)
     precision.compute_dtype(m.precision)
     transformer.check_choice("model.attention", m.attention, transformer.ATTENTION_IMPLEMENTATIONS)
+    _check_schedule(config)
     profiler.parse(config.profile_steps, total_steps(config))
     learning_rate(config)
+
+
+def _check_schedule(config):
+    """The optimiser's and the loop's numbers: each range as a ValueError naming the setting."""
+    o = config.optim
+    ranges = [("optim.base_lr", o.base_lr, o.base_lr > 0, "> 0"),
+              ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+              ("optim.b1", o.b1, 0 <= o.b1 < 1, "in [0, 1)"),
+              ("optim.b2", o.b2, 0 <= o.b2 < 1, "in [0, 1)"),
+              ("optim.grad_clip", o.grad_clip, o.grad_clip > 0, "> 0"),
+              ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0"),
+              ("optim.ema_rate", o.ema_rate, 0 <= o.ema_rate < 1, "in [0, 1)"),
+              ("total_steps", config.total_steps, config.total_steps == -1 or config.total_steps >= 1,
+               ">= 1, or -1 for num_epochs x steps_per_epoch"),
+              ("steps_per_epoch", config.steps_per_epoch, config.steps_per_epoch >= 1, ">= 1"),
+              ("num_epochs", config.num_epochs, config.total_steps != -1 or config.num_epochs > 0,
+               "> 0 (total_steps=-1 takes the length from it)"),
+              ("log_every", config.log_every, config.log_every >= 1, ">= 1"),
+              ("checkpoint_every", config.checkpoint_every, config.checkpoint_every >= 1, ">= 1"),
+              ("keep_checkpoints", config.keep_checkpoints, config.keep_checkpoints >= 1, ">= 1")]
+    for name, value, ok, expected in ranges:
+        if not ok:
+            raise ValueError(f"{name}={value} must be {expected}")
 
 
 def check_batch(config, mesh):
