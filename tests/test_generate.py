@@ -262,6 +262,11 @@ def test_bad_options_raise():
         generate.Options(cfg_schedule="cosine").validate(64)
     with pytest.raises(ValueError, match="encoder_buckets"):
         generate.Options(encoder_buckets=0).validate(64)
+    with pytest.raises(ValueError, match=r"cfg=-1\.0 and temperature=1\.0 must be >= 0"):
+        generate.Options(cfg=-1.0).validate(64)
+    with pytest.raises(ValueError, match=r"temperature=-0\.5 must be >= 0"):
+        generate.Options(temperature=-0.5).validate(64)
+    generate.Options(cfg=0.0, temperature=0.0).validate(64)  # the bounds themselves are valid
 
 
 def _matmul_flops(jaxpr, times=1):

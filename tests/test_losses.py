@@ -298,7 +298,8 @@ def test_respaced_100_of_1000():
 
 def test_respacing_rejects_bad_counts():
     for bad in (0, 1, 1001):
-        with pytest.raises(ValueError, match="num_sampling_steps"):
+        with pytest.raises(ValueError, match=rf"diffusion\.sampling_steps={bad} must be in \[2, "
+                                             r"diffusion\.num_steps=1000\]"):
             gd.respaced_timesteps(1000, bad)
 
 

@@ -65,6 +65,9 @@ class Options:
             raise ValueError(f"encoder_buckets={self.encoder_buckets} must be in [1, {length}]")
         if self.num_candidates < 1:
             raise ValueError(f"num_candidates={self.num_candidates} must be >= 1")
+        if self.cfg < 0 or self.temperature < 0:
+            raise ValueError(f"cfg={self.cfg} and temperature={self.temperature} must be >= 0 (cfg 1 = no guidance, "
+                             "temperature 0 = no injected noise)")
         if not 0 <= self.sad_step < self.num_iter or (self.num_candidates > 1 and self.sad_step == 0):
             raise ValueError(f"sad_step={self.sad_step} must be in [1, num_iter={self.num_iter}) for SAD "
                              f"(0 = plain decoding, only with num_candidates=1)")

@@ -29,7 +29,8 @@ def respaced_timesteps(num_steps, num_sampling_steps):
     """The kept timesteps of IDDPM's `space_timesteps(num_steps, str(num_sampling_steps))` (one section)."""
     # One step has no posterior variance to clip (IDDPM's log variance reads step 1): at least 2.
     if num_sampling_steps > num_steps or num_sampling_steps < 2:
-        raise ValueError(f"num_sampling_steps must be in [2, {num_steps}], got {num_sampling_steps}")
+        raise ValueError(f"diffusion.sampling_steps={num_sampling_steps} must be in [2, diffusion.num_steps="
+                         f"{num_steps}]")
     stride = (num_steps - 1) / (num_sampling_steps - 1)
     return np.array(sorted({round(i * stride) for i in range(num_sampling_steps)}))
 
