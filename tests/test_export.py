@@ -280,6 +280,10 @@ def test_only_namespace_is_unpickled(tmp_path, config, variables):
         to_pytorch.import_checkpoint(config, str(tmp_path / "b.pth"))
     with pytest.raises(FileNotFoundError):
         to_pytorch.import_checkpoint(config, str(tmp_path / "missing.pth"))
+    for name in ("text.pth", "text.safetensors"):  # foreign bytes: one ValueError, whatever the parser raised
+        (tmp_path / name).write_text("hello\n")
+        with pytest.raises(ValueError, match=rf"{name} is not a readable torch or safetensors checkpoint"):
+            to_pytorch.import_checkpoint(config, str(tmp_path / name))
 
 
 def test_torch_stays_out_of_the_jax_path():

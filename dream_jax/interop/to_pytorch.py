@@ -89,12 +89,12 @@ def load_file(path):
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file as load_safetensors
-
-        state = load_safetensors(path)
-        return {"model": state, "model_ema": state}
     try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file as load_safetensors
+
+            state = load_safetensors(path)
+            return {"model": state, "model_ema": state}
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -102,8 +102,10 @@ def load_file(path):
         what = found.group(1) if found else str(e).strip().splitlines()[0]
         raise ValueError(f"refusing to load {path}: it pickles {what}, and only tensors, plain containers and "
                          "argparse.Namespace are allowed (weights_only=True)") from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - what a parser raises on foreign bytes varies (RuntimeError, KeyError, ...)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path} is not a readable torch or safetensors checkpoint ({type(e).__name__}: "
+                         f"{first})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, expected a dict (a state_dict or a checkpoint "
                          "with 'model' / 'model_ema')")
