@@ -174,14 +174,14 @@ def test_sigterm_and_ctrl_c_checkpoint_and_the_rerun_resumes(env, tmp_path):
 
 
 def test_a_second_ctrl_c_aborts_at_once():
-    preemption = train._Preemption()
-    preemption(signal.SIGTERM, None)
-    preemption(signal.SIGTERM, None)  # repeated preemption notices only set the flag
-    assert preemption.requested and not preemption.interrupted
-    preemption(signal.SIGINT, None)
-    assert preemption.interrupted
+    signals = train._StopSignals()
+    signals(signal.SIGTERM, None)
+    signals(signal.SIGTERM, None)  # repeated preemption notices only set the flag
+    assert signals.requested and not signals.interrupted
+    signals(signal.SIGINT, None)
+    assert signals.interrupted
     with pytest.raises(KeyboardInterrupt):
-        preemption(signal.SIGINT, None)
+        signals(signal.SIGINT, None)
 
 
 NAN_SCRIPT = '''

@@ -2,8 +2,8 @@
 
 Sections follow big_vision's train.py: optimiser, state (shapes first with jax.eval_shape, then created directly
 into its shardings), loss, update step (one jax.jit with in/out shardings and donation), and the loop (input,
-restore, steps, metrics, NaN guard, checkpoints, preemption). Randomness: every random draw of step s comes
-from fold_in(key(seed), s), so a resumed run repeats exactly the draws of an uninterrupted one.
+restore, steps, metrics, NaN guard, checkpoints, preemption and Ctrl-C). Randomness: every random draw of step s
+comes from fold_in(key(seed), s), so a resumed run repeats exactly the draws of an uninterrupted one.
 
 Dimension letters: B global batch, L tokens, T token dim, G mask groups.
 """
@@ -303,7 +303,7 @@ class Interrupted(RuntimeError):
 
 
 @dataclasses.dataclass
-class _Preemption:
+class _StopSignals:
     """Turns SIGTERM (a preemption) and the first SIGINT (Ctrl-C) into a flag the loop polls, so that it checkpoints
     the step it is on and exits cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt) without saving.
 
@@ -435,8 +435,8 @@ def train_and_evaluate(config, workdir):
     first = sharding.global_batch(next(data), mesh, config)
     step_fn = compile_step(config, mesh, frozen, first)
 
-    preemption = _Preemption(multiprocess=jax.process_count() > 1, check_every=config.log_every)
-    previous = {signum: signal.signal(signum, preemption) for signum in (signal.SIGTERM, signal.SIGINT)}
+    stop_signals = _StopSignals(multiprocess=jax.process_count() > 1, check_every=config.log_every)
+    previous = {signum: signal.signal(signum, stop_signals) for signum in (signal.SIGTERM, signal.SIGINT)}
     progress = summary_lib.Progress(start, num_steps, config.batch_size)
     trace = profiler.StepTrace(profiler.parse(config.profile_steps, num_steps), os.path.join(workdir, "tensorboard"),
                                start)
@@ -451,7 +451,7 @@ def train_and_evaluate(config, workdir):
             trace.after(step, (state, metrics))
             pending.append(metrics)
             last = step == num_steps
-            stop = preemption.should_stop(step)
+            stop = stop_signals.should_stop(step)
             if last or step % config.log_every == 0 or step % config.checkpoint_every == 0 or stop:
                 progress.pause(step_fn.compile_seconds - compiled)
                 compiled = step_fn.compile_seconds
@@ -461,7 +461,7 @@ def train_and_evaluate(config, workdir):
                 manager.save(step, state, data)
             finished = last
             if stop:
-                if preemption.interrupted:
+                if stop_signals.interrupted:
                     raise Interrupted(f"interrupted at step {step}, its checkpoint saved: rerun the same command "
                                       "to resume")
                 break
