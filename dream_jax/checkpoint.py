@@ -7,6 +7,7 @@ resumed run can write that step again; if no step restores, the newest step's er
 silently starting a new run over a workdir whose checkpoints do not fit the config.
 """
 
+import fcntl
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ class Manager:
         )
         self.directory = checkpoint_dir(workdir)
         self._read_only = read_only
+        self._lock = None if read_only else _lock_workdir(os.path.dirname(self.directory))
         _write_each_array_once()
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -107,6 +109,34 @@ class Manager:
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its flock
+            self._lock = None
+
+
+def _lock_workdir(workdir):
+    """An exclusive flock on WORKDIR/.lock (holding the writer's PID) while a writing Manager is open, so that a
+    second job on the same workdir fails at once instead of interleaving its checkpoints and metrics with the
+    first's. The kernel drops it when the process dies: a killed run leaves nothing to clean up. Process 0 only (a
+    multi-host job shares the workdir) and local paths only (gs:// has no flock); None there."""
+    if "://" in workdir or jax.process_index() != 0:
+        return None
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, ".lock")
+    lock = open(path, "a+")  # noqa: SIM115 - held open until close(); "a+" keeps the holder's PID readable
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ValueError(f"{workdir} is in use by process {holder} (it holds {path}); wait for that run to end or "
+                         "use another --workdir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def _write_each_array_once():

@@ -180,6 +180,18 @@ def test_a_config_that_does_not_fit_names_the_array_and_moves_nothing(two_steps)
     assert sorted(os.listdir(os.path.join(two_steps, "checkpoints"))) == ["1", "2"]
 
 
+def test_a_second_writer_of_a_workdir_is_refused_until_the_first_closes(two_steps):
+    first = checkpoint.Manager(str(two_steps), CONFIG)
+    with pytest.raises(ValueError, match=rf"{two_steps} is in use by process {os.getpid()} \(it holds "
+                                         r".*\.lock\); wait for that run to end or use another --workdir"):
+        checkpoint.Manager(str(two_steps), CONFIG)
+    reader = checkpoint.Manager(str(two_steps), CONFIG, read_only=True)  # sampling / eval beside training is fine
+    assert reader.steps() == [1, 2]
+    reader.close()
+    first.close()
+    checkpoint.Manager(str(two_steps), CONFIG).close()
+
+
 def test_read_only_restore_leaves_corrupt_steps_in_place(two_steps):
     _delete_state(os.path.join(two_steps, "checkpoints", "2"))
     manager = checkpoint.Manager(str(two_steps), CONFIG, read_only=True)

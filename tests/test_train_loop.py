@@ -92,6 +92,17 @@ def test_resume_after_sigkill_is_bit_exact(straight_run, env, tmp_path):
     assert HALF + 1 in starts
 
 
+def test_a_failed_restore_releases_the_workdir(straight_run):
+    """A config that does not fit the checkpoints fails naming an array, and closes the workdir's lock on the way
+    out, so the same process (a notebook) can retry at once."""
+    workdir, _ = straight_run
+    config = th.tiny_config(total_steps=STEPS, model__mlp_dim=96)
+    with pytest.raises(ValueError, match=r"mlp/fc1/bias is \(128,\) in the checkpoint but \(96,\) in this config"):
+        train.train_and_evaluate(config, str(workdir))
+    checkpoint.Manager(str(workdir), config).close()
+    assert th.finalized_steps(workdir) == [HALF, STEPS]
+
+
 FIXED_BATCH_SCRIPT = """
 # python fixed_batch.py TESTS_DIR: JSON metrics of 30 train steps on one batch, the step held at 1 (past the
 # 1-step warmup) so that masks and noise repeat too: one fixed objective.

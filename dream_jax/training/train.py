@@ -418,10 +418,22 @@ def train_and_evaluate(config, workdir):
     mesh = sharding.make_mesh(config)
     check_batch(config, mesh)
     rt = runtime.create(config, mesh)
-    frozen = rt.frozen
     data = iter(pipeline.make_dataset(config, rt.tokenizers))
 
     manager = checkpoint_lib.Manager(workdir, config)
+    try:  # closing releases the workdir's lock, also after a failed restore or compile (a notebook may rerun)
+        state, finished = _train_steps(config, workdir, rt, mesh, data, manager)
+    finally:
+        manager.close()
+    if finished:
+        report.run(rt, workdir, runtime.state_variables(state, config.sampling.use_ema), total_steps(config),
+                   time.monotonic() - started)
+    return state
+
+
+def _train_steps(config, workdir, rt, mesh, data, manager):
+    """The loop of train_and_evaluate from restore to the last step: (final state, whether it ran the last step)."""
+    frozen = rt.frozen
     state, restored_step = manager.restore_latest(abstract_state(config, mesh), data)
     if state is None:
         state = create_state(config, mesh)
@@ -474,12 +486,8 @@ def train_and_evaluate(config, workdir):
         trace.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        manager.close()
         writer.close()
-    if finished:
-        report.run(rt, workdir, runtime.state_variables(state, config.sampling.use_ema), num_steps,
-                   time.monotonic() - started)
-    return state
+    return state, finished
 
 
 def _flush(pending, step, writer, progress):
