@@ -7,8 +7,9 @@ process with `--config.seed=S --config.data.shuffle_seed=S` (model init, masks a
 would (`--set=K=V` flags follow them: `--seeds=1 --set=data.shuffle_seed=0` is the config as it is), and is timed
 from process start to exit (imports, PCA fit, compilation, training and the final report).
 Printed: one row per seed and a mean +- std row of training minutes, steady steps/s (the last progress line),
-zero-shot top-1 and the oracle alignment per attribute of plain / SAD samples, with chance; the device; a JSON
-of everything in WORKDIR/benchmark.json.
+zero-shot top-1 and the oracle alignment per attribute of plain / SAD samples, with chance; then, per attribute,
+the samples SAD got right and plain decoding wrong and the reverse with McNemar's exact p, per seed and pooled over
+the seeds; the device; a JSON of everything in WORKDIR/benchmark.json.
 """
 
 import argparse
@@ -24,7 +25,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from dream_jax.evaluation import report  # noqa: E402
+from dream_jax.evaluation import paired, report  # noqa: E402
 
 ATTRIBUTES = ("shape", "color", "position", "size", "shape_color")
 
@@ -69,6 +70,19 @@ def table(results):
     return "\n".join(lines)
 
 
+def paired_table(results):
+    """SAD against plain decoding per seed and pooled: '+gained -lost (p)' per attribute."""
+    head = ["seed"] + [f"{a}: SAD +right -wrong (p)" for a in ATTRIBUTES]
+    lines = [row(head), row(["---"] * len(head))]
+    counts = {seed: [(m[f"alignment/sad_vs_plain/{a}_gained"], m[f"alignment/sad_vs_plain/{a}_lost"])
+                     for a in ATTRIBUTES] for seed, (_, _, m) in results.items()}
+    counts["pooled"] = [tuple(map(sum, zip(*cells))) for cells in zip(*counts.values())]
+    for seed, cells in counts.items():
+        lines.append(row([str(seed)] + [f"+{g:.0f} -{lo:.0f} ({paired.mcnemar_p(int(g), int(lo)):.2f})"
+                                        for g, lo in cells]))
+    return "\n".join(lines)
+
+
 def _cells(values):
     out = [f"{values[0]:.2f}", f"{values[1]:.2f}", f"{values[2]:.3f}"]
     return out + [f"{values[i]:.3f} / {values[i + 1]:.3f}" for i in range(3, len(values), 2)]
@@ -92,6 +106,7 @@ def main():
     print(f"device: {device}; command: python benchmarks/train_tiny.py --seeds={args.seeds}"
           + "".join(f" --set={s}" for s in args.set))
     print(table(results))
+    print(paired_table(results))
     with open(os.path.join(args.workdir, "benchmark.json"), "w") as f:
         json.dump({"device": device, "extra": extra, "results": {s: {"seconds": r[0], "last": r[1], "metrics": r[2]}
                                                                   for s, r in results.items()}}, f, indent=2)

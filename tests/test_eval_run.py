@@ -70,7 +70,9 @@ EXPECTED = {
     "few_shot": ["accuracy", "ci95", "episodes", "chance"],
     "alignment": [f"{mode}/{m}" for mode in ("sad", "plain") for m in
                   ["own_score", "oracle_shape", "oracle_color", "oracle_position", "oracle_size",
-                   "oracle_shape_color", "oracle_all", "kl_shape", "kl_color", "kl_position", "kl_size", "frechet"]],
+                   "oracle_shape_color", "oracle_all", "kl_shape", "kl_color", "kl_position", "kl_size", "frechet"]]
+    + [f"sad_vs_plain/{a}_{k}" for a in ("shape", "color", "position", "size", "shape_color", "all")
+       for k in ("gained", "lost", "p")],
     "segmentation": ["miou", "pixel_accuracy", "classes"],
     "depth": ["rmse", "abs_rel", "log10", "delta1", "delta2", "delta3", "images"],
 }

@@ -99,6 +99,11 @@ def test_training_ends_with_the_report(trained):
     assert metrics["zero_shot/top1"] > 4 * metrics["zero_shot/chance"]
     for mode in ("plain", "sad"):
         assert {f"alignment/{mode}/oracle_{a}" for a in ("shape", "color", "position", "shape_color")} <= set(metrics)
+    n = config.evals.alignment.num_prompts * config.evals.alignment.samples_per_prompt
+    for a in ("shape", "color", "position", "size", "shape_color"):  # paired counts agree with the two rates
+        changed = metrics[f"alignment/sad_vs_plain/{a}_gained"] - metrics[f"alignment/sad_vs_plain/{a}_lost"]
+        assert changed == round(n * (metrics[f"alignment/sad/oracle_{a}"] - metrics[f"alignment/plain/oracle_{a}"]))
+        assert 0 < metrics[f"alignment/sad_vs_plain/{a}_p"] <= 1
     cells = th.grid_cells(np.asarray(Image.open(os.path.join(workdir, "samples", f"grid_step{STEPS}_seed0.png"))
                                      .convert("RGB")), rows=len(sampler.DEFAULT_PROMPTS["shapes"]),
                           cols=config.final_samples, size=config.tokenizer.image_size)

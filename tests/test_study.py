@@ -98,3 +98,13 @@ def test_finished_runs_are_skipped_and_unknown_arms_are_one_line_errors(tmp_path
                          timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
         "error: --arms: unknown mae; expected some of dream, no_warmup, fixed_low, clip_only, fluid")
+
+
+def test_train_tiny_paired_table_pools_the_seeds_counts():
+    def metrics(gained, lost):
+        return {f"alignment/sad_vs_plain/{a}_{k}": v for a in train_tiny.ATTRIBUTES
+                for k, v in (("gained", gained), ("lost", lost))}
+
+    lines = train_tiny.paired_table({0: (1, {}, metrics(3.0, 0.0)), 1: (1, {}, metrics(1.0, 1.0))}).splitlines()
+    assert lines[2] == "| 0 |" + " +3 -0 (0.25) |" * len(train_tiny.ATTRIBUTES)
+    assert lines[4] == "| pooled |" + " +4 -1 (0.38) |" * len(train_tiny.ATTRIBUTES)  # 2 x 6 / 32

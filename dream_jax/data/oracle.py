@@ -188,8 +188,9 @@ def alignment(
     return match_rates(read_attributes(images, value_range), targets)
 
 
-def match_rates(read: dict, targets: dict) -> dict[str, float]:
-    """oracle.alignment on attributes already read (read_attributes' output)."""
+def matches(read: dict, targets: dict) -> dict[str, np.ndarray]:
+    """bool [N] per given attribute: the read-back value equals the target; plus "shape_color" when shape and color
+    are given and "all" when all four are (the per-sample hits behind match_rates, for paired comparisons)."""
     n = len(read["shape"])
     if n == 0:
         raise ValueError("images is empty; alignment needs at least one image")
@@ -199,12 +200,16 @@ def match_rates(read: dict, targets: dict) -> dict[str, float]:
         if target.shape != (n,):
             raise ValueError(f"targets[{name!r}] has {target.shape[0]} entries; expected {n} (one per image)")
         hits[name] = read[name] == target
-    rates = {name: float(hit.mean()) for name, hit in hits.items()}
     if "shape" in hits and "color" in hits:
-        rates["shape_color"] = float((hits["shape"] & hits["color"]).mean())
-    if len(hits) == len(synthetic.ATTRIBUTES):
-        rates["all"] = float(np.logical_and.reduce(list(hits.values())).mean())
-    return rates
+        hits["shape_color"] = hits["shape"] & hits["color"]
+    if all(name in hits for name in synthetic.ATTRIBUTES):
+        hits["all"] = np.logical_and.reduce([hits[name] for name in synthetic.ATTRIBUTES])
+    return hits
+
+
+def match_rates(read: dict, targets: dict) -> dict[str, float]:
+    """oracle.alignment on attributes already read (read_attributes' output)."""
+    return {name: float(hit.mean()) for name, hit in matches(read, targets).items()}
 
 
 _VALUES = {"shape": synthetic.SHAPES, "color": synthetic.COLORS, "position": synthetic.POSITIONS,

@@ -9,7 +9,10 @@ Two measures:
     image, averaged over samples: the model's self-consistency. The paper's CLIP Score, with an external CLIP, is
     the clip_score evaluator (clip_score.py).
 Generation is generation/sampler.py's batched sampler with the config's settings; "plain" decoding is the same with
-one candidate (num_candidates=1, sad_step=0).
+one candidate (num_candidates=1, sad_step=0). With oracle targets, every other mode is compared with plain decoding
+sample by sample ('<mode>_vs_plain/<attribute>_{gained,lost,p}', McNemar's exact test, paired.py): every mode
+samples the same prompts from the same seed, and SAD's candidate 0 draws plain decoding's noise, so a discordant
+pair is one SAD changed.
 
 Dimension letters: P prompts, S samples per prompt, N = P S images, E embedding dim.
 """
@@ -19,7 +22,7 @@ import numpy as np
 
 from dream_jax import batching
 from dream_jax.data import oracle, paths
-from dream_jax.evaluation import prompts, shape_classifier
+from dream_jax.evaluation import paired, prompts, shape_classifier
 from dream_jax.generation import generate
 
 # prompts: 'shapes' (held-out captions, read back by the oracle) or a text file; num_prompts (cycled) x
@@ -43,7 +46,8 @@ def own_scores(ctx, images, prompts, batch_size=256, seed=0):
 
 def evaluate(ctx, prompts, samples_per_prompt, mode, targets=None, seed=0):
     """({'own_score', and with `targets` the oracle's match rates and the KL of each attribute's prompted histogram
-    to its read-back one ('kl_<attribute>', nats)}, images [P, S, H, W, 3]) of samples generated in `mode`."""
+    to its read-back one ('kl_<attribute>', nats)}, images [P, S, H, W, 3], with `targets` the per-sample hits
+    {attribute: bool [N]} (oracle.matches) else None) of samples generated in `mode`."""
     if mode == "rerank":
         images = best_of_k(ctx, prompts, samples_per_prompt, seed)
     else:
@@ -51,12 +55,25 @@ def evaluate(ctx, prompts, samples_per_prompt, mode, targets=None, seed=0):
     flat = images.reshape((-1,) + images.shape[2:])
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     metrics = {"own_score": float(np.mean(own_scores(ctx, flat, repeated)))}
-    if targets is not None:
-        repeated_targets = {k: np.repeat(v, samples_per_prompt) for k, v in targets.items()}
-        read = oracle.read_attributes(flat)
-        metrics.update({f"oracle_{k}": v for k, v in oracle.match_rates(read, repeated_targets).items()})
-        metrics.update({f"kl_{k}": v for k, v in oracle.attribute_kl(read, repeated_targets).items()})
-    return metrics, images
+    if targets is None:
+        return metrics, images, None
+    repeated_targets = {k: np.repeat(v, samples_per_prompt) for k, v in targets.items()}
+    read = oracle.read_attributes(flat)
+    hits = oracle.matches(read, repeated_targets)
+    metrics.update({f"oracle_{k}": float(v.mean()) for k, v in hits.items()})
+    metrics.update({f"kl_{k}": v for k, v in oracle.attribute_kl(read, repeated_targets).items()})
+    return metrics, images, hits
+
+
+def against_plain(hits):
+    """'<mode>_vs_plain/<attribute>_{gained,lost,p}' of every mode but plain (paired.compare), from {mode: hits};
+    empty without plain decoding."""
+    if "plain" not in hits:
+        return {}
+    return {f"{mode}_vs_plain/{attribute}_{k}": v
+            for mode in hits if mode != "plain"
+            for attribute in hits[mode]
+            for k, v in paired.compare(hits[mode][attribute], hits["plain"][attribute]).items()}
 
 
 def best_of_k(ctx, prompts, samples_per_prompt, seed=0):
@@ -86,18 +103,21 @@ def validate(config, name, s):
 
 
 def run(ctx, name, s):
-    """'<mode>/<metric>' of every mode: `evaluate`'s, plus 'frechet' with a classifier."""
+    """'<mode>/<metric>' of every mode: `evaluate`'s, plus 'frechet' with a classifier; with oracle targets,
+    `against_plain`'s paired comparisons."""
     texts, targets = prompts.of_settings(s, s.num_prompts, f"config.evals.{name}.prompts")
     if s.classifier:  # validate() allows it only with the 'shapes' prompts
         size = ctx.config.tokenizer.image_size
         classifier = shape_classifier.load_or_train(s.classifier, size, log=ctx.log)
         reference = shape_classifier.statistics(classifier,
                                                 shape_classifier.reference_images(s.num_reference, size, s.seed))
-    out = {}
+    out, hits = {}, {}
     for mode in s.modes:
-        metrics, images = evaluate(ctx, texts, s.samples_per_prompt, mode, targets, s.seed)
+        metrics, images, hits[mode] = evaluate(ctx, texts, s.samples_per_prompt, mode, targets, s.seed)
         if s.classifier:
             metrics["frechet"] = shape_classifier.frechet(classifier, images.reshape((-1,) + images.shape[2:]),
                                                           reference)
         out.update({f"{mode}/{k}": v for k, v in metrics.items()})
+    if targets is not None:
+        out.update(against_plain(hits))
     return out

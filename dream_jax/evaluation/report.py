@@ -4,7 +4,8 @@
 `--mode=sample` writes them; the `config.evals` entries named in `config.final_evals` run on the final weights (EMA
 unless config.sampling.use_ema is off), enabled or not, and are recorded in WORKDIR/eval/<step>.json as
 `--mode=eval` records them. The summary prints zero-shot top-1 and, per attribute, the oracle alignment of every
-decoding mode beside chance, so a user sees at a glance whether the model learnt both of DREAM's objectives.
+decoding mode beside chance, so a user sees at a glance whether the model learnt both of DREAM's objectives, and
+how many samples SAD got right that plain decoding got wrong and the reverse, with McNemar's p.
 """
 
 import dataclasses
@@ -51,13 +52,22 @@ def summary(step, seconds, metrics, grid=None):
         lines.append(f"  {name}: top-1 {metrics[key]:.3f}" + ("" if chance is None else f" (chance {chance:.3f})"))
     for name in sorted({k.split("/")[0] for k in metrics if "/oracle_" in k}):
         modes = sorted({k.split("/")[1] for k in metrics if k.startswith(name + "/") and "/oracle_" in k})
-        lines.append(f"  {name}: samples matching the prompt, {' / '.join(modes)} (chance)")
+        versus = [m for m in modes if f"{name}/{m}_vs_plain/shape_p" in metrics]
+        paired = "".join(f"; {m} vs plain: samples gained / lost, McNemar p" for m in versus)
+        lines.append(f"  {name}: samples matching the prompt, {' / '.join(modes)} (chance){paired}")
         for attribute, chance in CHANCE.items():
             rates = " / ".join(f"{metrics[f'{name}/{m}/oracle_{attribute}']:.3f}" for m in modes)
-            lines.append(f"    {attribute:<12} {rates}  ({chance:.3f})")
+            counts = "".join(_versus(metrics, f"{name}/{m}_vs_plain/{attribute}") for m in versus)
+            lines.append(f"    {attribute:<12} {rates}  ({chance:.3f}){counts}")
     if grid:
         lines.append(f"  sample grid: {grid}")
     return "\n".join(lines)
+
+
+def _versus(metrics, prefix):
+    """'  +G -L p=P' of one paired comparison (alignment.against_plain's keys under `prefix`)."""
+    return (f"  +{metrics[prefix + '_gained']:.0f} -{metrics[prefix + '_lost']:.0f} "
+            f"p={metrics[prefix + '_p']:.2f}")
 
 
 def run(rt, workdir, variables, step, seconds):
