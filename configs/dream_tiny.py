@@ -57,7 +57,7 @@ def get_config():
     c.tokenizer.update(dict(kind="pixels", image_size=32, patch_size=8, pca_dim=32))
     c.text.update(dict(clip_tokenizer="words", cond_encoder="tiny_t5"))
     c.text.tiny_t5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, seed=0)
-    c.diffusion.update(dict(sampling_steps=50, clip_denoised=True))
+    c.diffusion.update(dict(sampling_steps=50, clip_denoised=True, batch_mul=2))
     c.sampling.update(dict(num_iter=8, sad_step=4, num_candidates=5, batch_size=64, encoder_buckets=1))
     c.masking.num_groups = 4
     c.batch_size = 32

@@ -237,6 +237,27 @@ def test_sampler_compiles_once_per_job(setup):
     assert len({im.tobytes() for im in images.reshape((-1,) + images.shape[2:])}) == 10
 
 
+def test_padded_job_has_the_same_samples_and_the_long_jobs_program(setup):
+    """pad=True (the report's grid): a job of one short chunk runs on sampling.batch_size rows, the program a longer
+    job compiled, and every row's samples are those of the unpadded job."""
+    config, _, variables, frozen, _ = setup
+    config = config.copy_and_resolve_references()
+    config.sampling.batch_size = 4
+    rt = runtime.Runtime(config, sharding.make_mesh(config, jax.devices()[:1]),
+                         tokenizers_lib.make_tokenizers(config), frozen)
+    opts = dataclasses.replace(OPTS, num_iter=4, temperature=0.8)
+    quiet = lambda _: None  # noqa: E731
+    long_job = sampler.sample_images(rt, variables, ["a red circle"] * 5, 1, 0, opts, log=quiet)
+    before = generate.generate._cache_size()
+    padded = sampler.sample_images(rt, variables, ["a blue square", "a green cross"], 1, 0, opts, log=quiet, pad=True)
+    assert generate.generate._cache_size() == before
+    plain = sampler.sample_images(rt, variables, ["a blue square", "a green cross"], 1, 0, opts, log=quiet)
+    assert generate.generate._cache_size() == before + 1
+    assert long_job[0].shape[:2] == (5, 1) and padded[0].shape[:2] == (2, 1)
+    for a, b in zip(padded, plain):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_configs_differing_outside_the_model_parts_share_programs():
     """The end-of-training report samples its grid with the train config and its alignment with final_config's:
     generate's static config is the same for both, so the second job reuses the first's compiled program."""

@@ -78,7 +78,9 @@ def run(rt, workdir, variables, step, seconds):
     grid = None
     if config.get("final_samples", 0):
         prompts = sampler.read_prompts(None, config)
-        grid, _ = sample.write_samples(rt, workdir, variables, step, prompts, config.final_samples, seed=0)
+        # Padded to the sampler's chunk: the alignment evaluator's SAD then runs the grid's compiled program.
+        grid, _ = sample.write_samples(rt, workdir, variables, step, prompts, config.final_samples, seed=0,
+                                       pad="alignment" in config.final_evals)
     metrics = {}
     if config.get("final_evals", ()):
         final = dataclasses.replace(rt, config=final_config(config))

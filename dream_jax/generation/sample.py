@@ -24,12 +24,13 @@ def sample_to_workdir(config, workdir, prompts_path, num_samples, seed):
     return write_samples(rt, workdir, variables, step, prompts, num_samples, seed)
 
 
-def write_samples(rt, workdir, variables, step, prompts, num_samples, seed):
-    """Samples `prompts` with the config's sampler into WORKDIR/samples (PNG grid + JSON); returns both paths."""
+def write_samples(rt, workdir, variables, step, prompts, num_samples, seed, pad=False):
+    """Samples `prompts` with the config's sampler into WORKDIR/samples (PNG grid + JSON); returns both paths.
+    `pad`: as sampler.sample_images'."""
     config = rt.config
     opts = generate.options_from_config(config)
     opts.validate(config.model.seq_len)
-    images, scores, chosen = sampler.sample_images(rt, variables, prompts, num_samples, seed, opts)
+    images, scores, chosen = sampler.sample_images(rt, variables, prompts, num_samples, seed, opts, pad=pad)
     out = os.path.join(workdir, "samples")
     upscale = max(1, 128 // images.shape[2])
     png = imaging.save_png(imaging.grid(images, upscale=upscale), os.path.join(out, f"grid_step{step}_seed{seed}.png"))

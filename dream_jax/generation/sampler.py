@@ -43,8 +43,12 @@ def encode_prompts(tokenizers, prompts):
 _decode = jax.jit(tokens.tokens_to_images, static_argnums=0)  # VAE decode (or PCA) of a chunk, compiled once
 
 
-def sample_images(rt, variables, prompts, num_samples, seed, opts, log=print):
-    """uint8 images [P, S, H, W, 3], SAD scores [P, S, K] and choices [P, S] of `prompts` on runtime `rt`."""
+def sample_images(rt, variables, prompts, num_samples, seed, opts, log=print, pad=False):
+    """uint8 images [P, S, H, W, 3], SAD scores [P, S, K] and choices [P, S] of `prompts` on runtime `rt`.
+
+    `pad`: run even a job of one short chunk on sampling.batch_size rows, the program of a longer job with the same
+    options (the end-of-training report's grid, so that its alignment evaluator does not compile SAD again). A row's
+    samples do not depend on the padding."""
     config = rt.config
     clip_ids, cond_ids, cond_mask = encode_prompts(rt.tokenizers, prompts)
     flat = lambda a: np.repeat(a, num_samples, axis=0)  # noqa: E731
@@ -61,7 +65,7 @@ def sample_images(rt, variables, prompts, num_samples, seed, opts, log=print):
     start = time.monotonic()
     # A job of several chunks pads its short last one to the chunk size: compiling the whole decoding program again
     # for it would cost more than the padded rows (minutes for a large model on a pod).
-    rows = chunk if total > chunk else 0
+    rows = chunk if total > chunk or pad else 0
     for pixels, sc, best in batching.run(rt.mesh, config, decode,
                                          batching.slices((clip_ids, cond_ids, cond_mask), chunk), rows):
         images.append(pixels)
