@@ -15,9 +15,9 @@ METRICS = {"zero_shot/top1": 0.98, "zero_shot/top5": 1.0, "zero_shot/chance": 1 
 
 
 def test_summary_lists_zero_shot_and_each_attribute_plain_and_sad_with_chance_and_their_paired_counts():
-    text = report.summary(3000, 420.0, METRICS, grid="W/samples/grid.png")
+    text = report.summary(3000, 420.0, METRICS, grid="W/samples/grid.png", report_seconds=45.0)
     lines = text.splitlines()
-    assert lines[0] == "summary after 3000 steps (7.0 min wall, compilation included)"
+    assert lines[0] == "summary after 3000 steps (training 7.0 min wall, compilation included, this report 0.8 min)"
     assert "  zero_shot: top-1 0.980 (chance 0.036)" in lines
     assert ("  alignment: samples matching the prompt, plain / sad (chance); sad vs plain: samples gained / lost, "
             "McNemar p") in lines

@@ -9,6 +9,7 @@ how many samples SAD got right that plain decoding got wrong and the reverse, wi
 """
 
 import dataclasses
+import time
 
 import ml_collections
 
@@ -43,9 +44,11 @@ def final_config(config):
     return out
 
 
-def summary(step, seconds, metrics, grid=None):
-    """The short text the train job prints at its end, from evaluate_variables' metrics."""
-    lines = [f"summary after {step} steps ({seconds / 60:.1f} min wall, compilation included)"]
+def summary(step, seconds, metrics, grid=None, report_seconds=None):
+    """The short text the train job prints at its end, from evaluate_variables' metrics. `seconds`: the training's
+    wall time; `report_seconds`: this report's own (grid and evaluators, compilation included)."""
+    spent = "" if report_seconds is None else f", this report {report_seconds / 60:.1f} min"
+    lines = [f"summary after {step} steps (training {seconds / 60:.1f} min wall, compilation included{spent})"]
     for key in sorted(k for k in metrics if k.endswith("/top1")):
         name = key[:-len("/top1")]
         chance = metrics.get(f"{name}/chance")
@@ -71,11 +74,12 @@ def _versus(metrics, prefix):
 
 
 def run(rt, workdir, variables, step, seconds):
-    """Writes the grid, runs and records the final evaluators, prints the summary; returns (metrics, grid path)."""
+    """Writes the grid, runs and records the final evaluators, prints the summary; returns (metrics, grid path).
+    `seconds`: the training's wall time, which the summary prints beside the report's own."""
     config = rt.config
     if not (config.get("final_samples", 0) or config.get("final_evals", ())):
         return {}, None
-    grid = None
+    grid, start = None, time.monotonic()
     if config.get("final_samples", 0):
         prompts = sampler.read_prompts(None, config)
         # Padded to the sampler's chunk: the alignment evaluator's SAD then runs the grid's compiled program.
@@ -85,5 +89,5 @@ def run(rt, workdir, variables, step, seconds):
     if config.get("final_evals", ()):
         final = dataclasses.replace(rt, config=final_config(config))
         metrics = eval_run.evaluate_variables(final, workdir, variables, step, config.sampling.use_ema)
-    print(summary(step, seconds, metrics, grid), flush=True)
+    print(summary(step, seconds, metrics, grid, time.monotonic() - start), flush=True)
     return metrics, grid
