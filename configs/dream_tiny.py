@@ -27,6 +27,8 @@ Deviations from the paper, each with its measured effect (docs/BENCHMARKS.md, "T
   seed 1, 0.578 vs 0.633 on seed 0).
   3600 instead of 3000 steps (8.9 instead of 7.4 idle minutes): the weakest seed's plain shape & colour 0.562 ->
   0.766 and the 3-seed mean 0.646 -> 0.711 (docs/BENCHMARKS.md).
+- diffusion.batch_mul=2 instead of MAR's 4 noise draws per token: the step takes 0.78-0.84x the time; over 3 seeds
+  plain shape & colour 0.673 vs 0.711 (0.621-0.719 vs 0.633-0.773), position 0.945 vs 0.931, zero-shot 1.000 both.
 - sampling: 8 decoding steps (16 tokens), SAD after 4 of them (K=5; half the steps, 31% of the tokens decoded
   vs 29% at the authors' T_c=32 of 64), 50 head steps; T_c=3 to 7 measured alike (docs/BENCHMARKS.md).
 - evals.alignment.num_prompts=256 (one sample each, +10 s), plain and SAD paired by common random numbers: with
