@@ -220,14 +220,19 @@ def test_sad_choice_is_the_argmax_of_a_per_candidate_reference(setup):
     assert np.all(m == m[:, :1])
 
 
-def test_sampler_compiles_once_per_job(setup):
-    """sampler.sample_images over chunks of 4, 4 and 2 rows: the short last chunk is padded and runs the program
-    compiled for the first (options of this test alone, so the first chunk compiles)."""
+def _runtime_in_chunks_of_4(setup):
+    """(runtime on one device sampling in chunks of 4 rows, variables) of the module's model."""
     config, _, variables, frozen, _ = setup
     config = config.copy_and_resolve_references()
     config.sampling.batch_size = 4
-    rt = runtime.Runtime(config, sharding.make_mesh(config, jax.devices()[:1]),
-                         tokenizers_lib.make_tokenizers(config), frozen)
+    return runtime.Runtime(config, sharding.make_mesh(config, jax.devices()[:1]),
+                           tokenizers_lib.make_tokenizers(config), frozen), variables
+
+
+def test_sampler_compiles_once_per_job(setup):
+    """sampler.sample_images over chunks of 4, 4 and 2 rows: the short last chunk is padded and runs the program
+    compiled for the first (options of this test alone, so the first chunk compiles)."""
+    rt, variables = _runtime_in_chunks_of_4(setup)
     opts = dataclasses.replace(OPTS, num_iter=4, temperature=0.9)
     prompts = ["a red circle", "a blue square", "a green cross", "a small red triangle", "a large blue circle"]
     before = generate.generate._cache_size()
@@ -240,11 +245,7 @@ def test_sampler_compiles_once_per_job(setup):
 def test_padded_job_has_the_same_samples_and_the_long_jobs_program(setup):
     """pad=True (the report's grid): a job of one short chunk runs on sampling.batch_size rows, the program a longer
     job compiled, and every row's samples are those of the unpadded job."""
-    config, _, variables, frozen, _ = setup
-    config = config.copy_and_resolve_references()
-    config.sampling.batch_size = 4
-    rt = runtime.Runtime(config, sharding.make_mesh(config, jax.devices()[:1]),
-                         tokenizers_lib.make_tokenizers(config), frozen)
+    rt, variables = _runtime_in_chunks_of_4(setup)
     opts = dataclasses.replace(OPTS, num_iter=4, temperature=0.8)
     quiet = lambda _: None  # noqa: E731
     long_job = sampler.sample_images(rt, variables, ["a red circle"] * 5, 1, 0, opts, log=quiet)
