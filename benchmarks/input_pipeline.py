@@ -27,7 +27,6 @@ import importlib
 import io
 import json
 import os
-import platform
 import sys
 import tarfile
 import tempfile
@@ -39,12 +38,15 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import jax  # noqa: E402
 
 from dream_jax import flops, info  # noqa: E402
 from dream_jax.data import latent_cache, pipeline  # noqa: E402
 from dream_jax.models import vae as vae_lib  # noqa: E402
+
+import host  # noqa: E402
 
 GLOBAL_BATCH, CHIPS, HOSTS, PEAK, TARGET_MFU = 2048, 64, 16, 459e12, 0.45
 CAPTION = "a photograph of a red vintage car parked on a cobblestone street at sunset"
@@ -155,7 +157,7 @@ def main():
     name = os.path.basename(args.config).removesuffix(".py")
     workers = [int(w) for w in args.workers.split(",")]
     cores = os.cpu_count()
-    print(f"device: {platform.machine()}, {cores} cores ({platform.system()}); per-host batch "
+    print(f"device: {host.device()}; per-host batch "
           f"{GLOBAL_BATCH // HOSTS} (global {GLOBAL_BATCH} over {HOSTS} hosts of a v5p-128)")
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:

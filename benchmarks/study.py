@@ -31,7 +31,6 @@ Dimension letters: none (tables of scalars).
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -40,6 +39,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+import host  # noqa: E402
 import train_tiny  # noqa: E402
 from dream_jax.evaluation import shape_classifier  # noqa: E402
 
@@ -86,11 +86,7 @@ def run(arm, seed, workdir, extra, classifier):
 def provenance():
     """{'device', 'commit'} of a result record: where and from which code it was measured."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {"device": device(), "commit": commit.stdout.strip()}
-
-
-def device():
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({platform.system()})"
+    return {"device": host.device(), "commit": commit.stdout.strip()}
 
 
 def columns(record):
@@ -198,7 +194,7 @@ def main():
                     json.dump(record, f, indent=1, sort_keys=True)
                 os.replace(f"{path}.tmp", path)
                 print(f"{arm} seed {seed}: {record['minutes']:.2f} min -> {path}", flush=True)
-    print(f"device of this process: {device()}")
+    print(f"device of this process: {host.device()}")
     print(report(load(args.results)))
     classifier = os.path.join(os.path.abspath(args.workdir), "shape_classifier.msgpack")
     if os.path.exists(classifier):

@@ -45,6 +45,7 @@ from dream_jax.generation import generate  # noqa: E402
 from dream_jax.models import precision  # noqa: E402
 from dream_jax.training import train  # noqa: E402
 
+import host  # noqa: E402
 import official_step  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device (a chip; v4 / v5p megacore), by a substring of jax's device_kind.
@@ -67,19 +68,6 @@ def spec_peak(device_kind):
     return None
 
 
-def measured_matmul_peak(dtype, size=2048, reps=10):
-    """FLOP/s of an N x N matmul in `dtype` on the default device, best of `reps` (the CPU reference)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
-
-
 def random_like(tree, seed=0):
     """Arrays of the ShapeDtypeStructs' shapes: small normals for floats, small non-negative ints for ints."""
     leaves, treedef = jax.tree.flatten(tree)
@@ -91,6 +79,16 @@ def random_like(tree, seed=0):
         else:
             out.append(rng.integers(0, 8, s.shape).astype(s.dtype))
     return jax.tree.unflatten(treedef, out)
+
+
+def add_step_args(parser, mask_ratio):
+    """The flags of the step's setup (make_config, run_steps) that throughput.py and step_profile.py share."""
+    parser.add_argument("--config", default="configs/dream_tiny.py")
+    parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--mask_ratio", type=float, default=mask_ratio)
+    parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.width=256")
 
 
 def make_config(args):
@@ -117,27 +115,34 @@ def random_frozen(config):
     return random_like(frozen_lib.abstract(config, t5, vae))
 
 
-def measure(config, steps, warmup):
-    """(seconds per step, compile-and-warmup seconds, the frozen T5's shape or None) of train.compile_step on
-    random inputs."""
+def setup(config):
+    """(step_fn, state, frozen, batch): train.compile_step over every device on random inputs of the config's
+    shapes (random frozen weights, one random batch), nothing compiled yet."""
     train.validate_config(config)
     mesh = sharding.make_mesh(config)
     train.check_batch(config, mesh)
     frozen = random_frozen(config)
     frozen = jax.device_put(frozen, sharding.frozen_shardings(frozen, mesh))
     batch = sharding.global_batch(random_like(compile_lib.abstract_batch(config), seed=1), mesh, config)
-    state = train.create_state(config, mesh)
-    step_fn = train.compile_step(config, mesh, frozen, batch)
+    return train.compile_step(config, mesh, frozen, batch), train.create_state(config, mesh), frozen, batch
+
+
+def run_steps(step_fn, state, frozen, batch, first, count):
+    """(state, seconds) of steps first .. first + count - 1 dispatched back to back, the last one waited for."""
     start = time.perf_counter()
-    for i in range(warmup):
+    for i in range(first, first + count):
         state, metrics = step_fn(state, frozen, batch, i)
     jax.block_until_ready((state, metrics))
-    warm = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        state, metrics = step_fn(state, frozen, batch, i)
-    jax.block_until_ready((state, metrics))
-    return (time.perf_counter() - start) / steps, warm, official_t5(config)
+    return state, time.perf_counter() - start
+
+
+def measure(config, steps, warmup):
+    """(seconds per step, compile-and-warmup seconds, the frozen T5's shape or None) of train.compile_step on
+    random inputs."""
+    step_fn, state, frozen, batch = setup(config)
+    state, warm = run_steps(step_fn, state, frozen, batch, 0, warmup)
+    _, seconds = run_steps(step_fn, state, frozen, batch, warmup, steps)
+    return seconds / steps, warm, official_t5(config)
 
 
 def measure_sampling(config, batch):
@@ -169,13 +174,8 @@ def measure_sampling(config, batch):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/dream_tiny.py")
-    parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--mask_ratio", type=float, default=0.75)
+    add_step_args(parser, mask_ratio=0.75)
     parser.add_argument("--sample_batch", type=int, default=0, help="also time generation of N prompts (0: skip)")
-    parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.width=256")
     parser.add_argument("--official_repo", default="", help="a checkout of the authors' code to time beside ours")
     args = parser.parse_args()
     config = make_config(args)
@@ -196,7 +196,7 @@ def main():
     peak = spec_peak(kind)
     if peak is None:
         dtype = precision.compute_dtype(config.model.precision)
-        peak = (measured_matmul_peak(dtype), f"{dtype.name} 2048^3 matmul measured in this process")
+        peak = (host.matmul_flops(dtype), f"{dtype.name} 2048^3 matmul measured in this process")
     peak_flops, peak_name = peak
     print(f"DREAM-{config.model.scale} train step on {len(devices)} x {kind} ({jax.default_backend()}), "
           f"mesh {dict(sharding.make_mesh(config).shape)}, batch {config.batch_size}, mask ratio {args.mask_ratio}")

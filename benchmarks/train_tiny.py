@@ -9,13 +9,14 @@ from process start to exit (imports, PCA fit, compilation, training and the fina
 Printed: one row per seed and a mean +- std row of training minutes, steady steps/s (the last progress line),
 zero-shot top-1 and the oracle alignment per attribute of plain / SAD samples, with chance; then, per attribute,
 the samples SAD got right and plain decoding wrong and the reverse with McNemar's exact p, per seed and pooled over
-the seeds; the device; a JSON of everything in WORKDIR/benchmark.json.
+the seeds; the device (CPU model and cores) with the float32 2048^3 matmul's TFLOP/s measured in this process
+before the first seed and after the last (host.py: this machine's speed moves from hour to hour, and the minutes
+with it); a JSON of everything in WORKDIR/benchmark.json.
 """
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,8 +25,11 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from dream_jax.evaluation import paired, report  # noqa: E402
+
+import host  # noqa: E402
 
 ATTRIBUTES = ("shape", "color", "position", "size", "shape_color")
 
@@ -97,12 +101,15 @@ def main():
     extra = [f"--config.{s}" for s in args.set]
     os.makedirs(args.workdir, exist_ok=True)
     results = {}
+    matmul = [host.matmul_flops() / 1e12]
     for seed in [int(s) for s in args.seeds.split(",")]:
         workdir = os.path.join(os.path.abspath(args.workdir), f"seed{seed}")
         subprocess.call(["rm", "-rf", workdir])
         results[seed] = run_seed(seed, workdir, extra)
         print(f"seed {seed}: {results[seed][0] / 60:.2f} min", flush=True)
-    device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({platform.system()})"
+    matmul.append(host.matmul_flops() / 1e12)
+    device = (f"{host.device()}; float32 2048^3 matmul {matmul[0]:.3f} TFLOP/s before the first seed, "
+              f"{matmul[1]:.3f} after the last")
     print(f"device: {device}; command: python benchmarks/train_tiny.py --seeds={args.seeds}"
           + "".join(f" --set={s}" for s in args.set))
     print(table(results))
