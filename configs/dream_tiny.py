@@ -1,4 +1,4 @@
-"""The embedded default: a tiny DREAM on procedurally rendered captioned shapes, trained in ~10 minutes on 2 CPU cores.
+"""The embedded default: a tiny DREAM on procedurally rendered captioned shapes, trained in 9-15 minutes on 2 CPU cores.
 
 Nothing is downloaded: captions use a word-level tokenizer, the frozen text features for generation come from a
 small random-init T5 encoder with a fixed seed, and a fixed patch PCA stands in for the frozen SD-VAE. The recipe
