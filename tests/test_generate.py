@@ -110,9 +110,10 @@ def test_encoder_on_decoded_tokens_equals_all_positions(setup, monkeypatch):
     full, full_scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=1))
     out, scores, _ = run(setup, dataclasses.replace(opts, encoder_buckets=4))
     # Whitened PCA tokens reach |x| ~ 6, and the x0 constraint's pixel clip turns float rounding near its bounds
-    # into ~1e-4 differences.
+    # into ~1e-4 differences. The scores differ by float32 rounding of another summation order: up to 1.9e-6 on an
+    # AMD EPYC host (below 1e-6 on an Intel one), against > 1e-4 for the control below.
     np.testing.assert_allclose(np.asarray(out), np.asarray(full), atol=1e-3)
-    np.testing.assert_allclose(np.asarray(scores), np.asarray(full_scores), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(full_scores), atol=1e-5)
     # Control: 4 slots before every step and for SAD's scoring (5 to 40 tokens are decoded).
     capacities = generate.encoder_capacities
     monkeypatch.setattr(generate, "encoder_capacities", lambda *a: np.full_like(capacities(*a), 4))
