@@ -1,11 +1,19 @@
 """frozen.load: the tiny config's frozen components are made by whole compiled programs, not op by op (every
-training, sampling and evaluation process starts with it: the T5 init op by op compiled ~50 programs, ~6 s)."""
+training, sampling and evaluation process starts with it: the T5 init op by op compiled ~50 programs, ~6 s), and
+its random-init T5 keeps each word recognisable in its features, whatever the sentence around it.
+
+Dimension letters: N captions, L tokens, D width, C classes of an attribute.
+"""
 
 import jax
 import numpy as np
 
+import pytest
+
 import train_helpers as th
+from configs import dream_tiny
 from dream_jax import frozen as frozen_lib
+from dream_jax.data import synthetic
 from dream_jax.data import tokenizers as tokenizers_lib
 
 
@@ -25,3 +33,32 @@ def test_tiny_text_encoder_loads_in_two_compiled_programs():
     np.testing.assert_allclose(frozen.empty_cond, empty, atol=1e-6)
     assert frozen.cond["params"]["shared"]["embedding"].shape[0] == config.model.text_tower.vocab_size
     assert jax.tree.leaves(frozen.cond)[0].dtype == np.float32
+
+
+@pytest.mark.parametrize("attribute", ["shape", "color"])
+def test_tiny_t5_word_features_survive_unseen_templates(attribute):
+    """The generator reads the prompt through the frozen T5's features: each shape / colour word's feature must
+    point to that word in sentences of every template, the held-out ones (unseen word orders, e.g. "{size}
+    {shape}, {color}, {position}") included. Nearest of the C word prototypes (the word's mean feature over the
+    training templates) by cosine, best token of the caption: all of the training combinations right, for every
+    template. With Flax's default init of the same T5 the colour words scored 0.58-0.71 (the embedding, std
+    D^-1/2, drowned by the blocks' mixing of the sentence)."""
+    config = dream_tiny.get_config()
+    tokenizers = tokenizers_lib.make_tokenizers(config)
+    frozen = frozen_lib.load(config, tokenizers)
+    rows = synthetic.split_combinations("train")
+    column = synthetic.ATTRIBUTES.index(attribute)
+    words = np.asarray(tokenizers.cond_ids(synthetic.class_names(attribute))[0])[:, 1]  # after the start token
+
+    def features(template):  # [N, L, D] unit vectors, ids [N, L]
+        ids, mask = tokenizers.cond_ids([synthetic.caption(*row, template) for row in rows])
+        f = np.asarray(frozen_lib.cond_features(config, frozen, np.asarray(ids), np.asarray(mask)))
+        return f / np.linalg.norm(f, axis=-1, keepdims=True), np.asarray(ids)
+
+    per_template = [features(t) for t in range(len(synthetic.TEMPLATES))]
+    train = [per_template[t] for t in synthetic.split_templates("train")]
+    prototypes = np.stack([np.concatenate([f[ids == w] for f, ids in train]).mean(0) for w in words])  # [C, D]
+    for template, (f, _) in enumerate(per_template):
+        best = np.einsum("nld,cd->ncl", f, prototypes).max(-1).argmax(-1)
+        accuracy = float(np.mean(best == rows[:, column]))
+        assert accuracy == 1.0, f"template {template}: {attribute} word found in {accuracy:.2f} of the captions"

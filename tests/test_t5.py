@@ -168,3 +168,30 @@ def test_missing_files_and_bad_config(tmp_path):
         t5.T5Config(feed_forward_proj="gated-swish-x")
     with pytest.raises(ValueError, match="model_type"):
         pretrained.t5_config_from_dict({"model_type": "bert"})
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
+def test_fresh_init_draws_like_transformers(feed_forward_proj):
+    """A fresh Flax init (the tiny config's random stand-in) has, weight by weight, the spread of transformers'
+    random init (T5PreTrainedModel._init_weights): std within sampling error, layer norms at 1. Flax's defaults
+    (embedding std D^-1/2, lecun kernels) differ by 2-8x on the embedding, q and the relative-position bias."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    shape = dict(TINY, vocab_size=400, d_model=64, d_kv=16, d_ff=128, num_layers=2, relative_attention_num_buckets=32)
+    torch.manual_seed(0)
+    reference = transformers.T5EncoderModel(transformers.T5Config(feed_forward_proj=feed_forward_proj, **shape))
+    expected = {k: v.numpy() for k, v in reference.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    cfg = t5.T5Config(feed_forward_proj=feed_forward_proj, **shape)
+    params = jax.jit(t5.T5EncoderModel(cfg).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    ours = pretrained.to_state_dict(jax.device_get(params))
+    assert set(ours) == set(expected)
+    for name, ref in expected.items():
+        got = np.asarray(ours[name])
+        assert got.shape == ref.shape, name
+        if "layer_norm" in name:
+            np.testing.assert_array_equal(got, ref, err_msg=name)
+            continue
+        # Two independent std estimates of n draws: their ratio's standard error is about (1 / n)^1/2.
+        ratio, tol = got.std() / ref.std(), 5.0 / np.sqrt(got.size)
+        assert abs(ratio - 1.0) < tol, f"{name}: std {got.std():.4f} vs transformers' {ref.std():.4f}"
+        assert abs(got.mean()) < 5.0 * ref.std() / np.sqrt(got.size), name

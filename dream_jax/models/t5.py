@@ -8,7 +8,12 @@ DenseReluDense wi/wo) and `gated-gelu` (T5 v1.1: wi_0/wi_1/wo with the tanh GELU
 
 Submodule names mirror transformers' state_dict (`encoder.block.0.layer.0.SelfAttention.q.weight` lives at
 `encoder/block_0/layer_0/SelfAttention/q/kernel`), so conversion is a rename plus a transpose; weights come
-from `dream_jax.interop.pretrained.load_t5`.
+from `dream_jax.interop.pretrained.load_t5`. A fresh init (the embedded default's random-init stand-in for the
+frozen T5) draws every weight as transformers' T5PreTrainedModel._init_weights does (initializer_factor 1): the
+embedding from N(0, 1), so that a token's own embedding dominates the residual stream and each word stays
+recognisable in the output. Flax's default embedding init (std D^-1/2 = 0.125 at D = 64) drowned it in the
+blocks' outputs, which mix the whole sentence: the colour word's output found its own colour's mean (over the
+training templates) 58-71% of the time instead of 100% (docs/BENCHMARKS.md).
 
 Dimension letters: B batch, L tokens, D d_model, N heads, K d_kv (per-head width), F d_ff, R buckets.
 """
@@ -103,8 +108,10 @@ class T5LayerNorm(nn.Module):
         return (weight * x32).astype(self.dtype)
 
 
-def _dense(features: int, dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name)
+def _dense(features: int, dtype, name: str, std: float) -> nn.Dense:
+    """A bias-free projection initialised from N(0, std^2), transformers' T5 init for that weight."""
+    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name,
+                    kernel_init=nn.initializers.normal(std))
 
 
 class T5Attention(nn.Module):
@@ -120,14 +127,15 @@ class T5Attention(nn.Module):
         b, l, _ = x.shape
         heads = lambda t: t.reshape(b, l, cfg.num_heads, cfg.d_kv)
         inner = cfg.num_heads * cfg.d_kv
-        q = heads(_dense(inner, self.dtype, "q")(x))
-        k = heads(_dense(inner, self.dtype, "k")(x))
-        v = heads(_dense(inner, self.dtype, "v")(x))
+        q = heads(_dense(inner, self.dtype, "q", (cfg.d_model * cfg.d_kv) ** -0.5)(x))
+        k = heads(_dense(inner, self.dtype, "k", cfg.d_model**-0.5)(x))
+        v = heads(_dense(inner, self.dtype, "v", cfg.d_model**-0.5)(x))
         if self.has_relative_attention_bias:
             table = nn.Embed(
                 cfg.relative_attention_num_buckets,
                 cfg.num_heads,
                 param_dtype=jnp.float32,
+                embedding_init=nn.initializers.normal(cfg.d_model**-0.5),
                 name="relative_attention_bias",
             )
             idx = relative_position_buckets(
@@ -139,7 +147,7 @@ class T5Attention(nn.Module):
         logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("bnqs,bsnk->bqnk", weights, v).reshape(b, l, inner)
-        return _dense(cfg.d_model, self.dtype, "o")(out), position_bias
+        return _dense(cfg.d_model, self.dtype, "o", inner**-0.5)(out), position_bias
 
 
 class T5LayerSelfAttention(nn.Module):
@@ -166,11 +174,12 @@ class DenseReluDense(nn.Module):
     def __call__(self, x):
         cfg = self.config
         act = _ACTIVATIONS[cfg.activation]
+        wi_std = cfg.d_model**-0.5
         if cfg.is_gated:
-            h = act(_dense(cfg.d_ff, self.dtype, "wi_0")(x)) * _dense(cfg.d_ff, self.dtype, "wi_1")(x)
+            h = act(_dense(cfg.d_ff, self.dtype, "wi_0", wi_std)(x)) * _dense(cfg.d_ff, self.dtype, "wi_1", wi_std)(x)
         else:
-            h = act(_dense(cfg.d_ff, self.dtype, "wi")(x))
-        return _dense(cfg.d_model, self.dtype, "wo")(h)
+            h = act(_dense(cfg.d_ff, self.dtype, "wi", wi_std)(x))
+        return _dense(cfg.d_model, self.dtype, "wo", cfg.d_ff**-0.5)(h)
 
 
 class T5LayerFF(nn.Module):
@@ -224,7 +233,8 @@ class T5EncoderModel(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        self.shared = nn.Embed(self.config.vocab_size, self.config.d_model, param_dtype=jnp.float32)
+        self.shared = nn.Embed(self.config.vocab_size, self.config.d_model, param_dtype=jnp.float32,
+                               embedding_init=nn.initializers.normal(1.0))
         self.encoder = T5Stack(self.config, self.dtype)
 
     def __call__(self, input_ids, attention_mask=None):
