@@ -28,7 +28,7 @@
 # checkpoint in PyTorch. Pick **Runtime > Change runtime type > TPU** (v5e-1 or v2-8); a GPU or a CPU runtime
 # works too, only slower.
 #
-# **How long.** With the defaults below (the embedded default's 3600 steps at batch 32), about 9 minutes of
+# **How long.** With the defaults below (the embedded default's 1920 steps at batch 32), 6-9 minutes of
 # training on an idle 2-core CPU, measured (`python benchmarks/train_tiny.py`, docs/BENCHMARKS.md); on a TPU
 # runtime the chip mostly waits for the host. The TPU part is an *estimate, not a measurement* (no TPU was
 # available when it was written): the ahead-of-time compile of an earlier, 64-token version of this
@@ -36,17 +36,17 @@
 # --config.compile_topology=v5e:2x2`, and `v2:2x2`; libtpu cannot build a lone `v5e:1x1`) counts 60 GFLOP per
 # step of 64 images, 0.3 ms at a v5e chip's 197 TFLOP/s peak and still only ~6 ms at 5% of it. So the chip
 # waits for the host, which renders the shapes: the input pipeline gives 51 batches/s on a loaded 2-core CPU,
-# about 20 ms a step, so 6000 steps take about 2-3 minutes. Add about 2 minutes of `pip install`, 1-2
+# about 20 ms a step, so 1920 steps take about a minute. Add about 2 minutes of `pip install`, 1-2
 # minutes of XLA compiles (the train step compiled for `v5e:2x2` in 76 s on that 2-core CPU; the Colab host
 # is faster) and a minute for sampling, evaluation and export. The generator follows the prompt only after
-# ~1000 optimiser steps, so fewer TRAIN_STEPS give good zero-shot accuracy but blotchy samples.
+# ~800 optimiser steps, so fewer TRAIN_STEPS give good zero-shot accuracy but blotchy samples.
 
 # %% [markdown]
 # ## Parameters
 # Everything that sets the size of the run is in this one cell (the CI test replaces it with a tiny run).
 
 # %% tags=["parameters"]
-TRAIN_STEPS = 3600  # optimiser steps; the paper's 48-epoch masking warmup is compressed into them
+TRAIN_STEPS = 1920  # optimiser steps; the paper's 48-epoch masking warmup is compressed into them
 BATCH_SIZE = 32  # global batch: a multiple of the 4 mask groups and of the number of devices
 DEPTH = 3  # transformer blocks of the encoder and of the decoder each (the embedded default's 3)
 LOG_EVERY = 50  # steps between logged points (the live plot's resolution)

@@ -77,8 +77,8 @@ CASES = [
     ("keep_checkpoints", 0, r"keep_checkpoints=0 must be >= 1"),
     ("profile_steps", "5", r"profile_steps='5': expected two step numbers 'a,b'"),
     ("profile_steps", "a,b", r"profile_steps='a,b': expected two step numbers"),
-    ("profile_steps", "0,3", r"profile_steps='0,3': need 1 <= a <= b <= total steps \(3600\)"),
-    ("profile_steps", "10,3601", r"need 1 <= a <= b <= total steps \(3600\)"),
+    ("profile_steps", "0,3", r"profile_steps='0,3': need 1 <= a <= b <= total steps \(1920\)"),
+    ("profile_steps", "10,1921", r"need 1 <= a <= b <= total steps \(1920\)"),
 ]
 
 
@@ -90,7 +90,7 @@ def test_bad_value_raises_one_clear_error(path, value, message):
 
 def test_epochs_count_only_when_they_set_the_length():
     config = _bad("num_epochs", 0)
-    train.validate_config(config)  # total_steps=3600 sets the length
+    train.validate_config(config)  # total_steps=1920 sets the length
     config.total_steps = -1
     with pytest.raises(ValueError, match=r"num_epochs=0 must be > 0 \(total_steps=-1 takes the length from it\)"):
         train.validate_config(config)

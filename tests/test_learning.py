@@ -3,12 +3,12 @@ zero-shot shape x colour classification, its end-of-training report records zero
 writes a grid, and `--mode=sample` on its workdir writes a grid and a JSON of distinct, scored samples that show the
 prompted shape, colour and position far more often than chance.
 
-The run is the default recipe with its 48-epoch warmup compressed into STEPS (under a quarter of the default's 3600;
+The run is the default recipe with its 48-epoch warmup compressed into STEPS (under half of the default's 1920;
 the generator follows the prompt after ~700-1000 optimiser steps, docs/BENCHMARKS.md), the suite's longest module;
 conftest.py hands it out first, then the other long modules, longest first. At 800 steps the sample-mode test's 128
-samples matched shape / colour / position 68 / 38 / 118 times (seed 0, diffusion.batch_mul 2; its bounds 49 / 32 /
-41). At batch_mul 4: 93 / 47 / 115, the 3 seeds' weakest, seed 2, 85 / 69 / 118, and 53 / 42 / 106 at 700 steps
-(docs/BENCHMARKS.md).
+samples matched shape / colour / position 64 / 49 / 115 times (seed 0, the tiny T5 initialised as transformers
+does; its bounds 49 / 32 / 41); at 672 steps 35 / 33 / 117 and at 480 36 / 22 / 111, below the shape or colour
+bound. With Flax's T5 init, 800 steps: 68 / 38 / 118 (docs/BENCHMARKS.md).
 """
 
 import json
