@@ -1,6 +1,6 @@
 """Metrics against training step, DREAM against no-warmup (docs/RESULTS.md's training-curve question), resumable.
 
-    python benchmarks/study_curves.py [--arms=dream,no_warmup] [--seeds=1] [--every=600]
+    python benchmarks/study_curves.py [--arms=dream,no_warmup] [--seeds=1] [--every=320]
         [--results=docs/results] [--workdir=workdir/study] [--set=K=V ...]
 
 Each run is benchmarks/study.py's training run of that arm and seed (the quickstart's training command plus the
@@ -79,7 +79,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", default="dream,no_warmup")
     parser.add_argument("--seeds", default="1")
-    parser.add_argument("--every", type=int, default=600)
+    parser.add_argument("--every", type=int, default=320)
     parser.add_argument("--results", default=os.path.join(REPO, "docs", "results"))
     parser.add_argument("--workdir", default="workdir/study")
     parser.add_argument("--set", action="append", default=[], help="an override for every arm, e.g. total_steps=1200")

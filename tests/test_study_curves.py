@@ -35,7 +35,7 @@ def test_overrides_evaluate_in_the_loop_and_skip_the_report(arm, tmp_path):
 
 
 def test_every_must_divide_the_total_steps():
-    assert study_curves.check_every(600, []) == 3600
+    assert study_curves.check_every(320, []) == 1920
     assert study_curves.check_every(100, ["total_steps=1200"]) == 1200
     for every, extra in ((700, []), (0, []), (600, ["total_steps=1000"])):
         with pytest.raises(ValueError, match="positive divisor of total_steps"):
@@ -46,7 +46,7 @@ def test_bad_every_is_a_one_line_error_before_training(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/study_curves.py", "--every=7", f"--workdir={tmp_path}",
                           f"--results={tmp_path}"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == ["error: --every=7 must be a positive divisor of total_steps=3600"]
+    assert out.stderr.strip().splitlines() == ["error: --every=7 must be a positive divisor of total_steps=1920"]
     assert os.listdir(tmp_path) == []
 
 
