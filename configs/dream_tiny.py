@@ -13,7 +13,7 @@ Deviations from the paper, each with its measured effect (docs/BENCHMARKS.md, "T
   T5PreTrainedModel._init_weights draws them (token embedding N(0, 1); models/t5.py), instead of the pretrained
   T5-Large. Its word features must survive unseen word orders (the held-out templates put the colour after the
   shape): with Flax's default init (embedding std 0.125, drowned by the blocks' mixing of the sentence) the colour
-  word's feature found its own colour 58-71% of the time, and the trained generator matched the prompted colour
+  word's feature found its own colour 43-65% of the time, and the trained generator matched the prompted colour
   0.58 on such a template against 0.86 on the other; with transformers' init 100% on every template
   (tests/test_frozen.py), and over the same 3600 steps plain shape & colour 0.598 -> 0.941 (seed 0, AMD host).
 - tokenizer: 32x32 RGB images in 8x8 pixel patches projected on a whitened 32-dim patch PCA (16 tokens of dim 32)

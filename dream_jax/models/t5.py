@@ -13,7 +13,7 @@ frozen T5) draws every weight as transformers' T5PreTrainedModel._init_weights d
 embedding from N(0, 1), so that a token's own embedding dominates the residual stream and each word stays
 recognisable in the output. Flax's default embedding init (std D^-1/2 = 0.125 at D = 64) drowned it in the
 blocks' outputs, which mix the whole sentence: the colour word's output found its own colour's mean (over the
-training templates) 58-71% of the time instead of 100% (docs/BENCHMARKS.md).
+training templates) 43-65% of the time instead of 100% (docs/BENCHMARKS.md).
 
 Dimension letters: B batch, L tokens, D d_model, N heads, K d_kv (per-head width), F d_ff, R buckets.
 """
