@@ -6,9 +6,10 @@ prompted shape, colour and position far more often than chance.
 The run is the default recipe with its 48-epoch warmup compressed into STEPS (under half of the default's 1920;
 the generator follows the prompt after ~700-1000 optimiser steps, docs/BENCHMARKS.md), the suite's longest module;
 conftest.py hands it out first, then the other long modules, longest first. At 800 steps the sample-mode test's 128
-samples matched shape / colour / position 64 / 49 / 115 times (seed 0, the tiny T5 initialised as transformers
-does; its bounds 49 / 32 / 41); at 672 steps 35 / 33 / 117 and at 480 36 / 22 / 111, below the shape or colour
-bound. With Flax's T5 init, 800 steps: 68 / 38 / 118 (docs/BENCHMARKS.md).
+samples matched shape / colour / position 64 / 49 / 115 times (the config's seeds, the tiny T5 initialised as
+transformers does; its bounds 49 / 32 / 41); at 672 steps 35 / 33 / 117 and at 480 36 / 22 / 111, below the shape or
+colour bound. With Flax's T5 init, 800 steps: 68 / 38 / 118. A smaller model steps 1.8x faster but passes or fails
+by seed (docs/BENCHMARKS.md).
 """
 
 import json
