@@ -1,11 +1,12 @@
-"""Multi-host training on one machine: 2 processes x 4 CPU devices behave as 1 process x 8 devices.
+"""Multi-host training on one machine: 2 processes x 2 CPU devices behave as 1 process x 4 devices.
 
 Each process is `python -m dream_jax.main --distributed` with the coordinator on 127.0.0.1 and its rank in
-JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (collectives over gloo). The mesh is FSDP x data
-(2, 4, 1), so parameters are split across the two processes and the checkpoint is written collectively. The
-per-step losses equal those of one process with 8 devices (pipeline.ProcessChunks makes the global batches the
-same), and one process with 8 devices resumes from the 2-process checkpoint and continues as the single-process
-run does (the data position carried over by checkpoint._rescaled_data_state).
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (collectives over gloo). The (data, fsdp, tensor) mesh
+is (1, 4, 1): its FSDP axis runs over both processes' devices (sharding.make_mesh's process-then-id order), so every
+parameter is split across the two processes and the checkpoint is written collectively. The per-step losses equal
+those of one process with 4 devices (pipeline.ProcessChunks makes the global batches the same), and one process with
+4 devices resumes from the 2-process checkpoint and continues as the single-process run does (the data position
+carried over by checkpoint._rescaled_data_state).
 """
 
 import json
@@ -17,7 +18,7 @@ import numpy as np
 import train_helpers as th
 
 STEPS, SPLIT = 5, 3  # the 2-process run stops (and checkpoints) at SPLIT; the resumed run goes on to STEPS
-MESH = "(2,4,1)"
+MESH = "(1,4,1)"
 
 
 def _free_port():
@@ -39,7 +40,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
     workdir = tmp_path / "multi"
     procs = []
     for rank in range(2):
-        env = th.subprocess_env(devices=4)
+        env = th.subprocess_env(devices=2)
         env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank))
         # The two processes compile the step separately; on a busy 2-core machine one can reach the first
         # collective minutes after the other, past gloo's default 30 s.
@@ -60,7 +61,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
                                                                               "process_1-of-2.json"]
 
     # The reference: one process with all 8 devices, the same mesh, straight through.
-    single_env = th.subprocess_env(devices=8)
+    single_env = th.subprocess_env(devices=4)
     reference = tmp_path / "single"
     code, out = th.run(_args(reference, STEPS), single_env, tmp_path / "single.txt")
     assert code == 0, out[-3000:]
