@@ -2,8 +2,8 @@
 
 Each process is `python -m dream_jax.main --distributed` with the coordinator on 127.0.0.1 and its rank in
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (collectives over gloo). The (data, fsdp, tensor) mesh
-is (1, 4, 1): its FSDP axis runs over both processes' devices (sharding.make_mesh's process-then-id order), so every
-parameter is split across the two processes and the checkpoint is written collectively. The per-step losses equal
+is (1, 4, 1): its FSDP axis runs over both processes' devices (sharding.make_mesh's process-then-id order), so the
+parameters are split across the two processes and the checkpoint is written collectively. The per-step losses equal
 those of one process with 4 devices (pipeline.ProcessChunks makes the global batches the same), and one process with
 4 devices resumes from the 2-process checkpoint and continues as the single-process run does (the data position
 carried over by checkpoint._rescaled_data_state).
@@ -60,7 +60,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
     assert sorted(n for n in os.listdir(data) if n.startswith("process_")) == ["process_0-of-2.json",
                                                                               "process_1-of-2.json"]
 
-    # The reference: one process with all 8 devices, the same mesh, straight through.
+    # The reference: one process with all 4 devices, the same mesh, straight through.
     single_env = th.subprocess_env(devices=4)
     reference = tmp_path / "single"
     code, out = th.run(_args(reference, STEPS), single_env, tmp_path / "single.txt")
