@@ -11,6 +11,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from dream_jax import huge_pages
+
 MODES = ("train", "sample", "eval", "info", "compile", "cache", "export", "import")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -158,4 +160,5 @@ def run():
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()  # before jax starts: glibc reads its tunables at process start
     run()
