@@ -9,12 +9,17 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent XLA compilation cache for the session: both xdist workers and every subprocess they start (which
-# inherit the environment) compile a program another test already compiled (the tiny train step, the sampler,
-# the evaluators) once. It lives in pytest's cache directory, so a clean clone starts cold, as CI does.
+# One persistent XLA compilation cache for the session, for one-device processes only: the one-device subprocesses
+# (train_helpers.subprocess_env) compile a program another test already compiled (the tiny train step, the sampler,
+# the evaluators) once. It lives in pytest's cache directory, so a clean clone starts cold, as CI does. Processes
+# of several devices (these 8, inherited by subprocesses started with this environment) leave it off: an
+# executable with collectives read back from it can run two of one device's all-gathers at once, and XLA:CPU's
+# thread pool then deadlocks until the 40 s rendezvous timeout aborts the process (tests/test_smoke.py, 1 of 4 to
+# 2 of 3 runs from the cache, 0 of 5 compiling; docs/BENCHMARKS.md, "The 8-device abort").
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "d", "jax_compilation_cache_suite"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 # glibc's malloc on transparent huge pages for the xdist workers and every process they start (glibc reads it at
 # process start), as `python -m dream_jax.main` sets it for itself (dream_jax/huge_pages.py): the tiny train step on
 # one core took 282-293 ms without, 182 ms with it (docs/BENCHMARKS.md, "Huge pages").

@@ -6,7 +6,6 @@ sample grids (PNG outputs) and a zero-shot accuracy in [0, 1].
 """
 
 import ast
-import os
 import pathlib
 import re
 
@@ -14,6 +13,8 @@ import jupytext
 import nbclient
 import nbformat
 import pytest
+
+import train_helpers as th
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "notebooks" / "dream_jax_demo.py"
@@ -87,10 +88,8 @@ def _tiny_notebook(workdir):
 
 
 def _kernel_env():
-    """This environment for one CPU device: conftest's 8 fake devices would only slow a 2-core run down."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags)
+    """The one-device subprocess environment (conftest's 8 fake devices would only slow a 2-core run down)."""
+    env = th.subprocess_env()
     env.pop("MPLBACKEND", None)  # the kernel's inline backend turns figures into image/png outputs
     return env
 

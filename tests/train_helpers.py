@@ -68,8 +68,8 @@ def main_args(workdir, **extra):
 
 
 def subprocess_env(devices=1, optimized=False):
-    """The test process's environment (conftest's persistent compilation cache of the session included, every
-    program cached) with `devices` CPU devices; `optimized`: without xla_flags.FAST_COMPILE, for a run whose time
+    """The test process's environment with `devices` CPU devices, and with one device conftest's persistent
+    compilation cache of the session, every program cached; `optimized`: without xla_flags.FAST_COMPILE, for a run whose time
     is its steps rather than its compilation."""
     env = dict(os.environ)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
@@ -77,6 +77,7 @@ def subprocess_env(devices=1, optimized=False):
         flags = flags.replace(xla_flags.FAST_COMPILE, "")
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_ENABLE_COMPILATION_CACHE"] = str(devices == 1).lower()  # conftest.py: one-device processes only
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     return env
