@@ -14,8 +14,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the evaluators) once. It lives in pytest's cache directory, so a clean clone starts cold, as CI does. Processes
 # of several devices (these 8, inherited by subprocesses started with this environment) leave it off: an
 # executable with collectives read back from it can run two of one device's all-gathers at once, and XLA:CPU's
-# thread pool then deadlocks until the 40 s rendezvous timeout aborts the process (tests/test_smoke.py, 1 of 4 to
-# 2 of 3 runs from the cache, 0 of 5 compiling; docs/BENCHMARKS.md, "The 8-device abort").
+# thread pool then deadlocks until the 40 s rendezvous timeout aborts the process (tests/test_smoke.py: 1 of 9 to
+# 4 of 5 runs from the cache aborted, none that compiled; docs/BENCHMARKS.md, "The 8-device abort").
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "d", "jax_compilation_cache_suite"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

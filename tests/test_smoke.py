@@ -1,9 +1,11 @@
 """The seconds-long smoke test (flax examples' style): train_and_evaluate for one step on the tiny config in this
-process, then the train loop's evaluation of that step, without the CLI in between."""
+process, then the train loop's evaluation of that step, without the CLI in between; and the session's compilation
+cache policy that keeps that step from aborting."""
 
 import json
 import os
 
+import jax
 import numpy as np
 
 import train_helpers as th
@@ -27,3 +29,12 @@ def test_one_step_trains_checkpoints_and_evaluates(tmp_path):
         record = json.load(f)
     assert record["step"] == 1 and record["use_ema"] is True
     assert set(record["metrics"]) == {"zero_shot/top1", "zero_shot/top5", "zero_shot/chance"}
+
+
+def test_only_one_device_processes_use_the_compilation_cache():
+    """An 8-device executable read back from the persistent compilation cache could abort this module's train step
+    (tests/conftest.py): the session's processes of several devices compile theirs."""
+    assert jax.device_count() == 8 and not jax.config.jax_enable_compilation_cache
+    assert th.subprocess_env()["JAX_ENABLE_COMPILATION_CACHE"] == "true"
+    assert th.subprocess_env(devices=4)["JAX_ENABLE_COMPILATION_CACHE"] == "false"
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"]  # for the one-device subprocesses
