@@ -68,9 +68,9 @@ def main_args(workdir, **extra):
 
 
 def subprocess_env(devices=1, optimized=False):
-    """The test process's environment with `devices` CPU devices, and with one device conftest's persistent
-    compilation cache of the session, every program cached; `optimized`: without xla_flags.FAST_COMPILE, for a run whose time
-    is its steps rather than its compilation."""
+    """The test process's environment with `devices` CPU devices (with one, conftest's persistent compilation cache
+    of the session, every program cached); `optimized`: without xla_flags.FAST_COMPILE, for a run whose time is its
+    steps rather than its compilation."""
     env = dict(os.environ)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
     if optimized:
