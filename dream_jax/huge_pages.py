@@ -4,8 +4,8 @@ XLA:CPU's compute threads allocate a step's buffers from glibc's per-thread mall
 4 KiB pages every step (tens of thousands of page faults a step for the tiny default). With the tunable
 glibc.malloc.hugetlb=1 malloc madvises its memory for transparent huge pages instead, and the tiny train step on
 CPU runs 1.3-1.6x faster (docs/BENCHMARKS.md, "Huge pages"). glibc reads its tunables only when a process starts,
-so the entry point restarts itself once with the tunable: the same PID and command line, before anything is
-imported or run. A GLIBC_TUNABLES that names glibc.malloc.hugetlb already is left as it is (=0 opts out), and so is
+so the entry point restarts itself once with the tunable: the same PID and command line, before jax is imported
+or anything runs. A GLIBC_TUNABLES that names glibc.malloc.hugetlb already is left as it is (=0 opts out), and so is
 another C library or a glibc older than 2.35, which has no such tunable.
 """
 
