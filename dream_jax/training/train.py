@@ -230,17 +230,28 @@ def accumulated_grads(params, batch_stats, config, frozen, batch, step, ratios=N
 def train_step(config, plan, state, frozen, batch, ratios):
     """One optimiser step: grads, AdamW, EMA; returns (new state, metrics). `plan`: the encoder's capacity plan,
     `ratios`: mask_ratios of the step."""
+    grads, batch_stats, metrics = step_grads(config, plan, state, frozen, batch, ratios)
+    return apply_grads(config, state, grads, batch_stats, metrics)
+
+
+def step_grads(config, plan, state, frozen, batch, ratios):
+    """train_step's first half, the model's: (grads, new batch_stats, metrics) of the step's loss."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True) if config.grad_accum_steps == 1 else accumulated_grads
     (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, config, frozen, batch, state.step,
                                                  ratios=ratios, plan=plan)
+    return grads, batch_stats, metrics
+
+
+def apply_grads(config, state, grads, batch_stats, metrics):
+    """train_step's second half, leaf by leaf over the params: clip, AdamW, the EMA, and the norms and lr added to
+    `metrics`; returns (new state, metrics)."""
     tx = make_optimizer(config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rate = config.optim.ema_rate
     ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema_params, params)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(params)
-    metrics["lr"] = learning_rate(config)(state.step)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                   lr=learning_rate(config)(state.step))
     return TrainState(state.step + 1, params, batch_stats, opt_state, ema), metrics
 
 
