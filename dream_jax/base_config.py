@@ -183,6 +183,9 @@ def get_base_config(scale="B"):
         warmup_epochs=12.0,
         schedule="constant",    # constant | cosine (after warmup)
         ema_rate=0.9999,
+        # AdamW's moments as two flat vectors, replicated (state.flat_adamw: a smaller program, the same update up to
+        # float rounding); off, each moment is sharded as its param, as a sharded model needs.
+        flat_update=False,
     ))
 
     # Generation (PAPER.md §3): 64 random-order steps, CFG 3 on a linear ramp, SAD with K=5 candidates chosen

@@ -33,8 +33,8 @@ from dream_jax.evaluation import report
 from dream_jax.evaluation import run as eval_run
 from dream_jax.models import contrastive, diffusion_head, precision, transformer
 from dream_jax.models.dream import DREAM, mean_pool
-from dream_jax.state import (TrainState, abstract_state, create_state, learning_rate, make_optimizer,
-                             state_shardings, total_steps)
+from dream_jax.state import (TrainState, abstract_state, create_state, global_norm, learning_rate,
+                             make_optimizer, state_shardings, total_steps)
 from dream_jax.training import capacity, masking, profiler
 
 
@@ -243,14 +243,14 @@ def step_grads(config, plan, state, frozen, batch, ratios):
 
 
 def apply_grads(config, state, grads, batch_stats, metrics):
-    """train_step's second half, leaf by leaf over the params: clip, AdamW, the EMA, and the norms and lr added to
-    `metrics`; returns (new state, metrics)."""
+    """train_step's second half, the optimiser's: clip and AdamW (make_optimizer), the EMA, and the norms and lr
+    added to `metrics`; returns (new state, metrics)."""
     tx = make_optimizer(config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rate = config.optim.ema_rate
     ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema_params, params)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=global_norm(config, params),
                    lr=learning_rate(config)(state.step))
     return TrainState(state.step + 1, params, batch_stats, opt_state, ema), metrics
 
