@@ -42,7 +42,7 @@ OVERRIDES = {
     "masking.fixed_ratio": 0.6,
     "optim.warmup_epochs": 0.0,
     "optim.base_lr": 0.016,
-    # AdamW's moments as two flat vectors: the step compiles in about half the time (benchmarks/compile_split.py);
+    # AdamW's moments as two flat vectors: the step compiles in 0.6x the time (benchmarks/compile_split.py);
     # the leaf-by-leaf optimiser stays covered by the tests that build on dream_tiny's own config.
     "optim.flat_update": True,
     "data.num_examples": 512,
