@@ -5,7 +5,7 @@ compiled on its own.
         [--repeats=2] [--set model.width=256 ...]
 
 The halves are train.step_grads (the model: loss, gradients, batch-norm statistics) and train.apply_grads (the
-optimiser, leaf by leaf over the params: global-norm clip, AdamW, the EMA and the logged norms); the whole is
+optimiser: global-norm clip, AdamW as optim.flat_update says, the EMA and the logged norms); the whole is
 train.jit_step, as training compiles it. Inputs are throughput.py's (random weights and batch of the config's
 shapes, masking fixed at --mask_ratio). Every repeat traces anew (a new jit), so no in-memory cache is read; the
 persistent compilation cache is whatever the environment sets (off by default). XLA_FLAGS apply as given: the test
@@ -33,7 +33,8 @@ from dream_jax.training import capacity, train  # noqa: E402
 
 
 def programs(config):
-    """{name: (jitted function, its arguments)} of the whole step and its two halves on random inputs."""
+    """(mesh, {name: (a maker of a fresh jit, its arguments)}) of the whole step and its two halves on random
+    inputs."""
     _, state, frozen, batch = throughput.setup(config)
     mesh = sharding.make_mesh(config)
     ratios = train.mask_ratios(config, 0)
