@@ -102,19 +102,30 @@ def backend_compiles():
         jax.monitoring.unregister_event_duration_listener(listen)
 
 
-def start(args, env, log_path, module=("-m", "dream_jax.main")):
-    """Starts `python -m dream_jax.main ARGS` (or `python SCRIPT ARGS`) with stdout and stderr in `log_path`."""
+def one_cpu():
+    """The last CPU this process may run on, as a set for `start(cpus=...)`.
+
+    A run whose time is its steps (test_learning.py) runs on one core: on the suite's 2 cores, beside the other
+    xdist worker, XLA:CPU's two compute threads cost more CPU time than one (docs/BENCHMARKS.md, "One core for the
+    learning run"), and the run's float rounding no longer depends on the machine's core count."""
+    return {max(os.sched_getaffinity(0))}
+
+
+def start(args, env, log_path, module=("-m", "dream_jax.main"), cpus=None):
+    """Starts `python -m dream_jax.main ARGS` (or `python SCRIPT ARGS`) with stdout and stderr in `log_path`;
+    `cpus`: the set of CPUs it may run on (default: this process's)."""
     log = open(log_path, "w")
     try:
         return subprocess.Popen([sys.executable, *module, *args], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
     finally:
         log.close()
 
 
-def run(args, env, log_path, timeout=300, module=("-m", "dream_jax.main")):
+def run(args, env, log_path, timeout=300, module=("-m", "dream_jax.main"), cpus=None):
     """Runs to completion; returns (exit code, combined output)."""
-    proc = start(args, env, log_path, module)
+    proc = start(args, env, log_path, module, cpus)
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
