@@ -72,6 +72,13 @@ def _sample(trained, tmp_path, prompts, num_samples, seed):
     return th.grid_cells(grid, rows=len(prompts), cols=num_samples, size=config.tokenizer.image_size), record
 
 
+@pytest.mark.skipif(th.one_cpu() is None, reason="no CPU affinity on this OS")
+def test_the_runs_are_pinned_to_one_cpu(tmp_path):
+    code, out = th.run([], os.environ, tmp_path / "cpus.log", module=("-c", "import os; print(os.sched_getaffinity(0))"),
+                       cpus=th.one_cpu())
+    assert code == 0 and out.strip() == str(th.one_cpu()), out
+
+
 def _zero_shot(config, variables):
     ctx = interface.make_context(runtime.create(config), "", variables, 0, False)
     return zero_shot.shapes_task(ctx, num_images=256)

@@ -107,8 +107,9 @@ def one_cpu():
 
     A run whose time is its steps (test_learning.py) runs on one core: on the suite's 2 cores, beside the other
     xdist worker, XLA:CPU's two compute threads cost more CPU time than one (docs/BENCHMARKS.md, "One core for the
-    learning run"), and the run's float rounding no longer depends on the machine's core count."""
-    return {max(os.sched_getaffinity(0))}
+    learning run"), and the run's float rounding no longer depends on the machine's core count. None (no pinning)
+    where the OS has no CPU affinity (macOS)."""
+    return {max(os.sched_getaffinity(0))} if hasattr(os, "sched_setaffinity") else None
 
 
 def start(args, env, log_path, module=("-m", "dream_jax.main"), cpus=None):
