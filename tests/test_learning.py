@@ -74,8 +74,8 @@ def _sample(trained, tmp_path, prompts, num_samples, seed):
 
 @pytest.mark.skipif(th.one_cpu() is None, reason="no CPU affinity on this OS")
 def test_the_runs_are_pinned_to_one_cpu(tmp_path):
-    code, out = th.run([], os.environ, tmp_path / "cpus.log", module=("-c", "import os; print(os.sched_getaffinity(0))"),
-                       cpus=th.one_cpu())
+    show = ("-c", "import os; print(os.sched_getaffinity(0))")
+    code, out = th.run([], os.environ, tmp_path / "cpus.log", module=show, cpus=th.one_cpu())
     assert code == 0 and out.strip() == str(th.one_cpu()), out
 
 
