@@ -87,10 +87,10 @@ def flat_adamw(adamw, weight_decay):
 
 
 def global_norm(config, tree):
-    """optax.global_norm, or with optim.flat_update the norm of the tree raveled into one vector: one reduction
+    """optax.tree.norm, or with optim.flat_update the norm of the tree raveled into one vector: one reduction
     instead of one per leaf, the same value up to float rounding (the logged param norm; the clip keeps optax's)."""
     if not config.optim.flat_update:
-        return optax.global_norm(tree)
+        return optax.tree.norm(tree)
     return jnp.linalg.norm(jax.flatten_util.ravel_pytree(tree)[0])
 
 

@@ -37,7 +37,7 @@ def test_flat_update_moves_every_param_as_the_leafwise_adamw():
     leafwise = th.tiny_config(optim__flat_update=False, optim__warmup_epochs=0.0)
     flat = th.tiny_config(optim__flat_update=True, optim__warmup_epochs=0.0)
     params, grads = _params_and_grads(leafwise)
-    norms = [float(optax.global_norm(g)) for g in grads]
+    norms = [float(optax.tree.norm(g)) for g in grads]
     grads[2] = jax.tree.map(lambda g: g * (0.5 * leafwise.optim.grad_clip / norms[2]), grads[2])  # clip off
     assert norms[1] > leafwise.optim.grad_clip  # clip on (step 0 has lr 0: the one-step warmup)
     expected, got = _run(leafwise, params, grads), _run(flat, params, grads)
@@ -60,7 +60,7 @@ def test_global_norm(flat):
     expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(params)))
     np.testing.assert_allclose(float(state_lib.global_norm(config, params)), expected, rtol=1e-6)
     if not flat:
-        assert state_lib.global_norm(config, params) == optax.global_norm(params)
+        assert state_lib.global_norm(config, params) == optax.tree.norm(params)
 
 
 def test_flat_moments_are_replicated_while_the_params_are_sharded():

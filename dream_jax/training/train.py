@@ -250,7 +250,7 @@ def apply_grads(config, state, grads, batch_stats, metrics):
     params = optax.apply_updates(state.params, updates)
     rate = config.optim.ema_rate
     ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema_params, params)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=global_norm(config, params),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), param_norm=global_norm(config, params),
                    lr=learning_rate(config)(state.step))
     return TrainState(state.step + 1, params, batch_stats, opt_state, ema), metrics
 
